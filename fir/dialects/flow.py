@@ -1,0 +1,677 @@
+"""The `flow` dialect: logical tensor ops of a fir program.
+
+Every op is pure and works on ranked, statically shaped tensors. Each op class declares its .fir attributes
+(`FIR_ATTRS`), and one `infer` rule that both the .fir frontend (to fill in omitted result types) and the
+verifier (to check the IR after any pass) use, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, TensorType, i64
+from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    irdl_op_definition,
+    operand_def,
+    prop_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+)
+from xdsl.dialects.builtin import DenseArrayBase, FloatAttr, IntegerAttr, StringAttr
+from xdsl.traits import HasCanonicalizationPatternsTrait, Pure
+from xdsl.utils.exceptions import VerifyException
+
+from fir import dtypes
+from fir import shape_inference as si
+from fir.attr_schema import (
+    AttrError,
+    AttrSpec,
+    BoolSpec,
+    FloatSpec,
+    IntListSpec,
+    IntSpec,
+    StrSpec,
+    format_literal,
+)
+from fir.shape_inference import ShapeError
+
+# (shape, dtype name): the view of a tensor type that shape rules work on.
+TT = tuple[tuple[int, ...], str]
+
+FLOATS = ("f32", "f16", "bf16")
+NUMERIC = ("f32", "f16", "bf16", "i32", "i64")
+INTS = ("i32", "i64")
+
+
+def to_tt(t: Attribute) -> TT:
+    """(shape, dtype) of a tensor type; raise ShapeError for anything else."""
+    if not isinstance(t, TensorType):
+        raise ShapeError(f"expected a tensor type, got {t}")
+    try:
+        return tuple(t.get_shape()), dtypes.dtype_name(t.element_type)
+    except KeyError:
+        raise ShapeError(f"unsupported element type {t.element_type}; fir has {', '.join(dtypes.DTYPE_NAMES)}") from None
+
+
+def from_tt(tt: TT) -> TensorType:
+    """Tensor type from (shape, dtype)."""
+    return dtypes.tensor_type(tt[0], tt[1])
+
+
+def fmt_tt(tt: TT) -> str:
+    """A (shape, dtype) pair printed as a tensor type."""
+    return dtypes.format_type(from_tt(tt))
+
+
+def _check_dtype(op: str, what: str, dt: str, allowed: Sequence[str]) -> None:
+    if dt not in allowed:
+        raise ShapeError(f"{op} does not accept {what} of dtype {dt} (allowed: {', '.join(allowed)})")
+
+
+class FlowOp(IRDLOperation):
+    """Base of all flow ops: attribute schema, shape/dtype inference and the verifier built on it."""
+
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {}
+    # Ops whose result type cannot be inferred (reshape, cast, constants) must be written with one.
+    NEEDS_RESULT_TYPE: ClassVar[bool] = False
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        """Result (shape, dtype) from operand types, attribute values and the declared type (if any)."""
+        raise NotImplementedError
+
+    @classmethod
+    def default_attr(cls, name: str, ins: list[TT]) -> Any:
+        """The default value of an optional attribute, which may depend on the operand types."""
+        d = cls.FIR_ATTRS[name].default
+        return d(ins) if callable(d) else d
+
+    @classmethod
+    def attr_from_literal(cls, name: str, value: Any, declared: TT | None) -> Attribute:
+        """Convert a parsed literal for attribute `name`; raise AttrError if it does not fit."""
+        return cls.FIR_ATTRS[name].to_attr(value)
+
+    def attr_values(self) -> dict[str, Any]:
+        """The op's attributes as Python values."""
+        return {n: spec.to_python(self.properties[n]) for n, spec in self.FIR_ATTRS.items() if n in self.properties}
+
+    def operand_tts(self) -> list[TT]:
+        """(shape, dtype) of each operand."""
+        return [to_tt(o.type) for o in self.operands]
+
+    def verify_(self) -> None:
+        missing = [n for n in self.FIR_ATTRS if n not in self.properties]
+        if missing:
+            raise VerifyException(f"missing attribute '{missing[0]}'")
+        ins = self.operand_tts()
+        out = to_tt(self.results[0].type)
+        inferred = self.infer(ins, self.attr_values(), out)
+        if inferred != out:
+            raise ShapeError(f"result type {fmt_tt(out)} does not match the inferred type {fmt_tt(inferred)}")
+
+    @classmethod
+    def make(cls, operands: Sequence[SSAValue], result_type: Attribute | None = None, **attrs: Any) -> FlowOp:
+        """Build the op from operands and Python attribute values, inferring the result type if not given."""
+        ins = [to_tt(o.type) for o in operands]
+        values: dict[str, Any] = {}
+        for name in cls.FIR_ATTRS:
+            values[name] = attrs.pop(name) if name in attrs else cls.default_attr(name, ins)
+        if attrs:
+            raise AttrError(f"unknown attribute '{next(iter(attrs))}' for {cls.name}")
+        declared = to_tt(result_type) if result_type is not None else None
+        out = cls.infer(ins, values, declared)
+        props = {n: cls.attr_from_literal(n, v, out) for n, v in values.items()}
+        return cls.build(operands=[list(operands)] if cls.is_variadic() else list(operands),
+                         result_types=[from_tt(out)], properties=props)
+
+    @classmethod
+    def is_variadic(cls) -> bool:
+        """True for ops with one variadic operand list (concat)."""
+        return False
+
+    def format_attr(self, name: str) -> str | None:
+        """The .fir text of one attribute value, or None when it equals its default and is left out."""
+        spec = self.FIR_ATTRS[name]
+        value = spec.to_python(self.properties[name])
+        if not spec.required and value == self.default_attr(name, self.operand_tts()):
+            return None
+        return spec.format(value)
+
+
+# ----------------------------------------------------------------------------------------------- canonicalization
+class _FlowCanonicalization(HasCanonicalizationPatternsTrait):
+    """Looks up the op's canonicalization patterns in fir.canonicalization (imported lazily: it imports us)."""
+
+    @classmethod
+    def get_canonicalization_patterns(cls):  # pragma: no cover - the trait API wants it; get_patterns is used
+        return ()
+
+    def get_patterns(self, op: type[IRDLOperation]):
+        from fir.canonicalization import patterns_for
+
+        return patterns_for(op)
+
+
+_TRAITS = traits_def(Pure(), _FlowCanonicalization())
+
+# Classes made with type() declare their constants the way IRDL wants them: UPPER_CASE and ClassVar.
+_CONST_ANNOTATIONS = {"ALLOWED": ClassVar[tuple[str, ...]], "FIR_ATTRS": ClassVar[dict[str, AttrSpec]]}
+
+
+# ----------------------------------------------------------------------------------------------- elementwise unary
+class UnaryOp(FlowOp):
+    """Elementwise op with one operand; the result has the operand's shape and dtype."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = _TRAITS
+    ALLOWED: ClassVar[tuple[str, ...]] = FLOATS
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        _check_dtype(cls.name, "an operand", ins[0][1], cls.ALLOWED)
+        return ins[0]
+
+
+def _unary(op_name: str, summary: str, allowed: tuple[str, ...] = FLOATS, attrs: dict[str, AttrSpec] | None = None):
+    cls = type(
+        "".join(p.capitalize() for p in op_name.split("_")) + "Op",
+        (UnaryOp,),
+        {"name": f"flow.{op_name}", "ALLOWED": allowed, "FIR_ATTRS": attrs or {}, "__doc__": summary,
+         "__module__": __name__, "__annotations__": _CONST_ANNOTATIONS},
+    )
+    if attrs:
+        for n, spec in attrs.items():
+            setattr(cls, n, prop_def(_prop_constraint(spec)))
+    return irdl_op_definition(cls)
+
+
+def _prop_constraint(spec: AttrSpec) -> Any:
+    if isinstance(spec, IntSpec):
+        return IntegerAttr
+    if isinstance(spec, IntListSpec):
+        return DenseArrayBase
+    if isinstance(spec, FloatSpec):
+        return FloatAttr
+    if isinstance(spec, BoolSpec):
+        return IntegerAttr
+    if isinstance(spec, StrSpec):
+        return StringAttr
+    raise TypeError(spec)
+
+
+NegOp = _unary("neg", "-x", NUMERIC)
+ExpOp = _unary("exp", "e^x")
+LogOp = _unary("log", "natural logarithm")
+SqrtOp = _unary("sqrt", "square root")
+RsqrtOp = _unary("rsqrt", "1 / sqrt(x)")
+TanhOp = _unary("tanh", "hyperbolic tangent")
+ReluOp = _unary("relu", "max(x, 0)", NUMERIC)
+SigmoidOp = _unary("sigmoid", "1 / (1 + e^-x)")
+GeluOp = _unary(
+    "gelu",
+    "x * Phi(x); approximate = \"tanh\" uses the tanh approximation",
+    FLOATS,
+    {"approximate": StrSpec(default="none", choices=("none", "tanh"))},
+)
+
+
+@irdl_op_definition
+class CastOp(FlowOp):
+    """Convert elements to the dtype of the result type (floats to ints truncate toward zero)."""
+
+    name = "flow.cast"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.cast needs a result type, e.g. `: tensor<4xbf16>`")
+        if declared[0] != ins[0][0]:
+            raise ShapeError(f"cast keeps the shape: operand is {fmt_tt(ins[0])} but the result is {fmt_tt(declared)}")
+        return declared
+
+
+# ----------------------------------------------------------------------------------------------- elementwise binary
+class BinaryOp(FlowOp):
+    """Elementwise op on two operands of one dtype with numpy broadcasting."""
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = _TRAITS
+    ALLOWED: ClassVar[tuple[str, ...]] = NUMERIC
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        dt = si.check_same_dtype(cls.name, [ins[0][1], ins[1][1]])
+        _check_dtype(cls.name, "operands", dt, cls.ALLOWED)
+        return si.broadcast_shapes(ins[0][0], ins[1][0]), dt
+
+
+def _binary(op_name: str, summary: str, allowed: tuple[str, ...] = NUMERIC):
+    cls = type(
+        op_name.capitalize() + "Op",
+        (BinaryOp,),
+        {"name": f"flow.{op_name}", "ALLOWED": allowed, "__doc__": summary, "__module__": __name__,
+         "__annotations__": _CONST_ANNOTATIONS},
+    )
+    return irdl_op_definition(cls)
+
+
+AddOp = _binary("add", "a + b")
+SubOp = _binary("sub", "a - b")
+MulOp = _binary("mul", "a * b")
+DivOp = _binary("div", "a / b", FLOATS)
+MaxOp = _binary("max", "elementwise maximum")
+MinOp = _binary("min", "elementwise minimum")
+PowOp = _binary("pow", "a ** b", FLOATS)
+
+
+# ----------------------------------------------------------------------------------------------- matmul
+@irdl_op_definition
+class MatmulOp(FlowOp):
+    """(Batched) matrix product; batch dimensions broadcast like numpy.matmul."""
+
+    name = "flow.matmul"
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    transpose_a = prop_def(IntegerAttr)
+    transpose_b = prop_def(IntegerAttr)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "transpose_a": BoolSpec(default=False, doc="use the transpose of the last two axes of lhs"),
+        "transpose_b": BoolSpec(default=False, doc="use the transpose of the last two axes of rhs"),
+    }
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        dt = si.check_same_dtype(cls.name, [ins[0][1], ins[1][1]])
+        _check_dtype(cls.name, "operands", dt, NUMERIC)
+        return si.matmul_shape(ins[0][0], ins[1][0], attrs["transpose_a"], attrs["transpose_b"]), dt
+
+
+# ----------------------------------------------------------------------------------------------- reductions
+class ReduceOp(FlowOp):
+    """Reduction over `axes`, dropping them unless keepdims."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    axes = prop_def(DenseArrayBase)
+    keepdims = prop_def(IntegerAttr)
+    traits = _TRAITS
+    ALLOWED: ClassVar[tuple[str, ...]] = NUMERIC
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "axes": IntListSpec(doc="axes to reduce (negative counts from the end)"),
+        "keepdims": BoolSpec(default=False, doc="keep reduced axes with size 1"),
+    }
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        _check_dtype(cls.name, "an operand", ins[0][1], cls.ALLOWED)
+        return si.reduce_shape(ins[0][0], attrs["axes"], attrs["keepdims"]), ins[0][1]
+
+
+def _reduce(op_name: str, summary: str, allowed: tuple[str, ...] = NUMERIC):
+    cls = type(
+        "".join(p.capitalize() for p in op_name.split("_")) + "Op",
+        (ReduceOp,),
+        {"name": f"flow.{op_name}", "ALLOWED": allowed, "__doc__": summary, "__module__": __name__,
+         "__annotations__": _CONST_ANNOTATIONS},
+    )
+    return irdl_op_definition(cls)
+
+
+ReduceSumOp = _reduce("reduce_sum", "sum over axes")
+ReduceMeanOp = _reduce("reduce_mean", "mean over axes", FLOATS)
+ReduceMaxOp = _reduce("reduce_max", "maximum over axes")
+
+
+# ----------------------------------------------------------------------------------------------- normalisation
+@irdl_op_definition
+class SoftmaxOp(FlowOp):
+    """exp(x - max) / sum(exp(x - max)) along one axis."""
+
+    name = "flow.softmax"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = prop_def(IntegerAttr)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=-1, doc="the softmax axis")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        _check_dtype(cls.name, "an operand", ins[0][1], FLOATS)
+        si.normalize_axis(attrs["axis"], len(ins[0][0]))
+        return ins[0]
+
+
+@irdl_op_definition
+class LayerNormOp(FlowOp):
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the trailing `axes` (biased variance)."""
+
+    name = "flow.layernorm"
+    input = operand_def(TensorType)
+    gamma = operand_def(TensorType)
+    beta = operand_def(TensorType)
+    result = result_def(TensorType)
+    axes = prop_def(DenseArrayBase)
+    eps = prop_def(FloatAttr)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "axes": IntListSpec(default=[-1], doc="the normalised (trailing) axes"),
+        "eps": FloatSpec(default=1e-5, doc="added to the variance"),
+    }
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        dt = si.check_same_dtype(cls.name, [t[1] for t in ins])
+        _check_dtype(cls.name, "operands", dt, FLOATS)
+        if attrs["eps"] < 0:
+            raise ShapeError(f"eps must not be negative, got {attrs['eps']}")
+        return si.layernorm_shapes(ins[0][0], ins[1][0], ins[2][0], attrs["axes"]), dt
+
+
+# ----------------------------------------------------------------------------------------------- layout
+@irdl_op_definition
+class TransposeOp(FlowOp):
+    """Permute axes: result.shape[i] = input.shape[perm[i]]."""
+
+    name = "flow.transpose"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    perm = prop_def(DenseArrayBase)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"perm": IntListSpec(doc="result axis i is input axis perm[i]")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        return si.transpose_shape(ins[0][0], attrs["perm"]), ins[0][1]
+
+
+@irdl_op_definition
+class ReshapeOp(FlowOp):
+    """Same elements in row-major order, new shape (the result type)."""
+
+    name = "flow.reshape"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.reshape needs a result type, e.g. `: tensor<8x16xf32>`")
+        if declared[1] != ins[0][1]:
+            raise ShapeError(f"reshape keeps the dtype: operand is {ins[0][1]}, result is {declared[1]}")
+        si.check_reshape(ins[0][0], declared[0])
+        return declared
+
+
+@irdl_op_definition
+class BroadcastToOp(FlowOp):
+    """Broadcast to the result type's shape with numpy rules."""
+
+    name = "flow.broadcast_to"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.broadcast_to needs a result type, e.g. `: tensor<8x16xf32>`")
+        if declared[1] != ins[0][1]:
+            raise ShapeError(f"broadcast_to keeps the dtype: operand is {ins[0][1]}, result is {declared[1]}")
+        si.check_broadcast_to(ins[0][0], declared[0])
+        return declared
+
+
+@irdl_op_definition
+class ConcatOp(FlowOp):
+    """Concatenate operands along `axis`."""
+
+    name = "flow.concat"
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = prop_def(IntegerAttr)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(doc="the axis to join along")}
+
+    @classmethod
+    def is_variadic(cls) -> bool:
+        return True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if not ins:
+            raise ShapeError("flow.concat needs at least one operand")
+        dt = si.check_same_dtype(cls.name, [t[1] for t in ins])
+        return si.concat_shape([t[0] for t in ins], attrs["axis"]), dt
+
+
+@irdl_op_definition
+class SliceOp(FlowOp):
+    """input[start:limit:stride] on every axis."""
+
+    name = "flow.slice"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    start = prop_def(DenseArrayBase)
+    limit = prop_def(DenseArrayBase)
+    stride = prop_def(DenseArrayBase)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "start": IntListSpec(doc="first index per axis"),
+        "limit": IntListSpec(doc="one past the last index per axis"),
+        "stride": IntListSpec(default=lambda ins: [1] * len(ins[0][0]) if ins else [], doc="step per axis (all 1)"),
+    }
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        return si.slice_shape(ins[0][0], attrs["start"], attrs["limit"], attrs["stride"]), ins[0][1]
+
+
+@irdl_op_definition
+class GatherOp(FlowOp):
+    """numpy.take(table, indices, axis): embedding lookup when axis = 0."""
+
+    name = "flow.gather"
+    table = operand_def(TensorType)
+    indices = operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = prop_def(IntegerAttr)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=0, doc="the table axis the indices select along")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        _check_dtype(cls.name, "indices", ins[1][1], INTS)
+        return si.gather_shape(ins[0][0], ins[1][0], attrs["axis"]), ins[0][1]
+
+
+# ----------------------------------------------------------------------------------------------- sources
+class _DenseSpec(AttrSpec):
+    """A constant's value: a scalar (splat) or nested lists matching the result shape."""
+
+    def kind(self) -> str:
+        return "a number or nested lists of numbers"
+
+    def to_python(self, attr: Attribute) -> Any:
+        assert isinstance(attr, DenseIntOrFPElementsAttr)
+        vals = attr.get_values()
+        return np.array(vals, dtype=np.float64 if isinstance(attr.get_element_type(), Float64Type) else np.int64).reshape(
+            attr.get_shape()
+        )
+
+    def format(self, value: Any) -> str:
+        arr = np.asarray(value)
+        if arr.size > 0 and np.all(arr == arr.flat[0]):
+            return format_literal(arr.flat[0].item())
+        return format_literal(arr.tolist())
+
+
+@irdl_op_definition
+class ConstantOp(FlowOp):
+    """A tensor literal: one number for every element, or nested lists giving each element."""
+
+    name = "flow.constant"
+    result = result_def(TensorType)
+    value = prop_def(DenseIntOrFPElementsAttr)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"value": _DenseSpec(doc="a number (every element) or nested lists (each element)")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.constant needs a result type, e.g. `: tensor<2x2xf32>`")
+        value = attrs["value"]
+        if isinstance(value, np.ndarray) and value.shape != declared[0]:
+            raise ShapeError(f"value has shape {si.fmt_shape(value.shape)} but the result type is {fmt_tt(declared)}")
+        return declared
+
+    @classmethod
+    def attr_from_literal(cls, name: str, value: Any, declared: TT | None) -> Attribute:
+        assert declared is not None
+        return dense_value(value, declared)
+
+    def attr_values(self) -> dict[str, Any]:
+        return {"value": self.FIR_ATTRS["value"].to_python(self.value)}
+
+
+def _nested_shape(value: Any) -> tuple[int, ...] | None:
+    """Shape of a rectangular nested list of numbers, None if ragged or not numbers."""
+    if isinstance(value, list):
+        shapes = {_nested_shape(v) for v in value}
+        if len(shapes) > 1 or None in shapes:
+            return None
+        inner = shapes.pop() if shapes else ()
+        return (len(value),) + inner
+    if isinstance(value, (bool, int, float)):
+        return ()
+    return None
+
+
+def dense_value(value: Any, declared: TT) -> DenseIntOrFPElementsAttr:
+    """Store a constant literal as a dense f64 (float dtypes) or i64 (int, i1) attribute of the result shape."""
+    shape, dt = declared
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    nested = _nested_shape(value)
+    if nested is None:
+        raise AttrError("expects a number or rectangular nested lists of numbers")
+    if nested not in ((), tuple(shape)):
+        raise AttrError(f"has shape {si.fmt_shape(nested)} but the result type has shape {si.fmt_shape(shape)}")
+    arr = np.broadcast_to(np.array(value, dtype=object), shape)
+    n = si.numel(shape)
+    if dtypes.is_float(dt):
+        flat = [float(v) for v in arr.reshape(n)]
+        return DenseIntOrFPElementsAttr.from_list(TensorType(Float64Type(), list(shape)), flat)
+    if any(isinstance(v, float) for v in arr.reshape(n)):
+        raise AttrError(f"holds a float but the result dtype {dt} is an integer type")
+    ints = [int(v) for v in arr.reshape(n)]
+    if dt == "i1" and any(v not in (0, 1) for v in ints):
+        raise AttrError("i1 constants hold only 0, 1, true or false")
+    return DenseIntOrFPElementsAttr.from_list(TensorType(i64, list(shape)), ints)
+
+
+@irdl_op_definition
+class FillOp(FlowOp):
+    """Every element equal to `value`."""
+
+    name = "flow.fill"
+    result = result_def(TensorType)
+    value = prop_def(FloatAttr)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"value": FloatSpec(doc="the value of every element (inf, -inf and nan allowed)")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.fill needs a result type, e.g. `: tensor<4x4xf32>`")
+        v = attrs["value"]
+        if not dtypes.is_float(declared[1]) and not (np.isfinite(v) and float(v).is_integer()):
+            raise ShapeError(f"value {v} is not an integer, but the result dtype is {declared[1]}")
+        return declared
+
+    def format_attr(self, name: str) -> str | None:
+        v = self.attr_values()["value"]
+        dt = to_tt(self.result.type)[1]
+        # Integer fills print as integers, so the text says what the tensor holds.
+        return str(int(v)) if not dtypes.is_float(dt) else self.FIR_ATTRS[name].format(v)
+
+
+@irdl_op_definition
+class IotaOp(FlowOp):
+    """Element at index (i0, i1, ...) is i_axis: a counter along one axis."""
+
+    name = "flow.iota"
+    result = result_def(TensorType)
+    axis = prop_def(IntegerAttr)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=0, doc="the axis whose index is stored")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.iota needs a result type, e.g. `: tensor<128xi32>`")
+        _check_dtype(cls.name, "a result", declared[1], NUMERIC)
+        si.normalize_axis(attrs["axis"], len(declared[0]))
+        return declared
+
+
+# ----------------------------------------------------------------------------------------------- loss
+@irdl_op_definition
+class CrossEntropyOp(FlowOp):
+    """Softmax cross-entropy of logits (classes on the last axis) against integer labels."""
+
+    name = "flow.cross_entropy"
+    logits = operand_def(TensorType)
+    labels = operand_def(TensorType)
+    result = result_def(TensorType)
+    reduction = prop_def(StringAttr)
+    traits = _TRAITS
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"reduction": StrSpec(default="mean", choices=("mean", "sum", "none"), doc="how losses combine")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        _check_dtype(cls.name, "logits", ins[0][1], FLOATS)
+        _check_dtype(cls.name, "labels", ins[1][1], INTS)
+        return si.cross_entropy_shape(ins[0][0], ins[1][0], attrs["reduction"]), ins[0][1]
+
+
+FLOW_OPS: list[type[FlowOp]] = [
+    NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, GeluOp, CastOp,
+    AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp,
+    MatmulOp,
+    ReduceSumOp, ReduceMeanOp, ReduceMaxOp,
+    SoftmaxOp, LayerNormOp,
+    TransposeOp, ReshapeOp, BroadcastToOp, ConcatOp, SliceOp, GatherOp,
+    ConstantOp, FillOp, IotaOp,
+    CrossEntropyOp,
+]  # fmt: skip
+
+Flow = Dialect("flow", FLOW_OPS, [])
+
+OPS_BY_NAME: dict[str, type[FlowOp]] = {op.name: op for op in FLOW_OPS}
+
+ELEMENTWISE_UNARY: tuple[type[FlowOp], ...] = (
+    NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, GeluOp, CastOp)  # fmt: skip
+ELEMENTWISE_BINARY: tuple[type[FlowOp], ...] = (AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp)
+
+__all__ = [op.__name__ for op in FLOW_OPS] + ["Flow", "FlowOp", "OPS_BY_NAME", "dense_value"]
+

@@ -1,0 +1,114 @@
+"""Element types of fir tensors: names in the .fir syntax, xDSL types and numpy dtypes."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+from xdsl.dialects.builtin import (
+    BFloat16Type,
+    Float16Type,
+    Float32Type,
+    IntegerType,
+    TensorType,
+    bf16,
+    f16,
+    f32,
+    i1,
+    i32,
+    i64,
+)
+from xdsl.ir import Attribute
+
+DTYPE_NAMES = ("f32", "f16", "bf16", "i32", "i64", "i1")
+
+_BY_NAME: dict[str, Attribute] = {"f32": f32, "f16": f16, "bf16": bf16, "i32": i32, "i64": i64, "i1": i1}
+
+_NUMPY: dict[str, np.dtype] = {
+    "f32": np.dtype(np.float32),
+    "f16": np.dtype(np.float16),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "i32": np.dtype(np.int32),
+    "i64": np.dtype(np.int64),
+    "i1": np.dtype(np.bool_),
+}
+
+# Comparison tolerances (rtol, atol) used when a result is checked against the reference.
+TOLERANCE: dict[str, tuple[float, float]] = {
+    "f32": (1e-4, 1e-5),
+    "f16": (1e-2, 1e-3),
+    "bf16": (5e-2, 1e-2),
+    "i32": (0.0, 0.0),
+    "i64": (0.0, 0.0),
+    "i1": (0.0, 0.0),
+}
+
+
+def element_type(name: str) -> Attribute:
+    """The xDSL element type for a dtype name such as 'f32'."""
+    return _BY_NAME[name]
+
+
+def dtype_name(t: Attribute) -> str:
+    """The dtype name ('f32', 'i1', ...) of an xDSL element type; raises KeyError if unsupported."""
+    if isinstance(t, Float32Type):
+        return "f32"
+    if isinstance(t, Float16Type):
+        return "f16"
+    if isinstance(t, BFloat16Type):
+        return "bf16"
+    if isinstance(t, IntegerType) and t.width.data in (1, 32, 64):
+        return {1: "i1", 32: "i32", 64: "i64"}[t.width.data]
+    raise KeyError(str(t))
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype that holds values of a fir dtype."""
+    return _NUMPY[name]
+
+
+def dtype_of_numpy(dt: np.dtype) -> str | None:
+    """The fir dtype name of a numpy dtype, or None if fir has no such dtype."""
+    for name, npdt in _NUMPY.items():
+        if npdt == dt:
+            return name
+    return None
+
+
+def is_float(name: str) -> bool:
+    """True for floating-point dtypes."""
+    return name in ("f32", "f16", "bf16")
+
+
+def is_int(name: str) -> bool:
+    """True for integer dtypes (i1 excluded)."""
+    return name in ("i32", "i64")
+
+
+def tensor_type(shape: tuple[int, ...] | list[int], dtype: str) -> TensorType:
+    """Build a ranked tensor type from a shape and a dtype name."""
+    return TensorType(element_type(dtype), list(shape))
+
+
+def shape_of(t: TensorType) -> tuple[int, ...]:
+    """The static shape of a tensor type as a tuple."""
+    return tuple(t.get_shape())
+
+
+def format_type(t: Attribute) -> str:
+    """Print a tensor type in .fir syntax: tensor<2x3xf32>, tensor<f32> for rank 0."""
+    if isinstance(t, TensorType):
+        try:
+            dt = dtype_name(t.element_type)
+        except KeyError:
+            dt = str(t.element_type)
+        dims = "".join(f"{d}x" for d in t.get_shape())
+        return f"tensor<{dims}{dt}>"
+    return str(t)
+
+
+def nbytes(t: TensorType) -> int:
+    """Bytes a tensor of this type occupies (i1 takes one byte)."""
+    n = 1
+    for d in t.get_shape():
+        n *= d
+    return n * numpy_dtype(dtype_name(t.element_type)).itemsize

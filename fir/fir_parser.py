@@ -1,0 +1,384 @@
+"""The .fir frontend: lark parses the text (fir/fir.lark), and this module builds verified xDSL IR from the tree.
+
+Each op gets a FileLineColLoc, so later diagnostics (verifier, passes) point back into the source. Result types
+left out in the text are inferred with the op's own rule; result types written in the text are checked against it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from importlib.resources import files
+from typing import Any
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.func import FuncOp, ReturnOp
+from xdsl.ir import Attribute, Block, Region, SSAValue
+
+from fir import dtypes
+from fir.attr_schema import AttrError, Call, Ident, SymbolRef
+from fir.diagnostics import FirError, SourceLoc
+from fir.dialects.flow import OPS_BY_NAME, FlowOp, fmt_tt, from_tt, to_tt
+from fir.shape_inference import ShapeError
+
+_VALID_HINT = re.compile(r"[A-Za-z_$.\-][\w$.\-]*")
+
+# Human names for grammar terminals in "expected ..." messages.
+_TERMINAL_NAMES = {
+    "VALUE_ID": "a value (%name)",
+    "DEF_ID": "a result name (%name =)",
+    "OP_NAME": "an op name (dialect.op)",
+    "TENSOR_TYPE": "a tensor type",
+    "SYMBOL": "a symbol (@name)",
+    "BARE_ID": "a name",
+    "INT": "an integer",
+    "FLOAT": "a float",
+    "SPECIAL_FLOAT": "a float",
+    "STRING": "a string",
+    "$END": "end of input",
+}
+
+
+@functools.cache
+def _lark() -> Lark:
+    grammar = files("fir").joinpath("fir.lark").read_text()
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TERMINAL_NAMES:
+        return _TERMINAL_NAMES[name]
+    try:
+        pattern = _lark().get_terminal(name).pattern
+    except KeyError:
+        return name
+    return f"'{pattern.value}'"
+
+
+class _Builder:
+    """Walks the lark tree of one source chunk and builds the module."""
+
+    def __init__(self, filename: str, line_offset: int):
+        self.filename = filename
+        self.line_offset = line_offset
+
+    # -- positions -----------------------------------------------------------------------------------------
+    def loc(self, node: Token | Tree | None, col_offset: int = 0) -> SourceLoc | None:
+        if node is None:
+            return None
+        if isinstance(node, Token):
+            line, col = node.line, node.column
+        else:
+            line, col = node.meta.line, node.meta.column
+        if line is None or col is None:
+            return None
+        return SourceLoc(self.filename, line + self.line_offset, col + col_offset)
+
+    def error(self, message: str, node: Token | Tree | None, col_offset: int = 0) -> FirError:
+        return FirError(message, self.loc(node, col_offset))
+
+    # -- types -----------------------------------------------------------------------------------------------
+    def tensor_type(self, tok: Token) -> TensorType:
+        text = str(tok)
+        inner = text[len("tensor<") : -1]
+        parts = inner.split("x")
+        dt, dims = parts[-1].strip(), parts[:-1]
+        if dt not in dtypes.DTYPE_NAMES:
+            col = len(text) - 1 - len(parts[-1])
+            raise self.error(f"unknown element type '{dt}' (fir has {', '.join(dtypes.DTYPE_NAMES)})", tok, col)
+        shape = []
+        col = len("tensor<")
+        for d in dims:
+            ds = d.strip()
+            if ds == "?":
+                raise self.error("dynamic dimensions ('?') are not supported: fir shapes are static", tok, col)
+            if not ds.isdigit():
+                raise self.error(f"bad dimension '{d}' in tensor type (expected a non-negative integer)", tok, col)
+            shape.append(int(ds))
+            col += len(d) + 1
+        return dtypes.tensor_type(shape, dt)
+
+    def type_list(self, node: Tree | None) -> list[tuple[TensorType, Token]]:
+        if node is None:
+            return []
+        return [(self.tensor_type(t), t) for t in node.children if t is not None]
+
+    # -- attribute literals ----------------------------------------------------------------------------------
+    def literal(self, node: Tree | Token) -> Any:
+        kind = node.data
+        kids = node.children
+        if kind == "int_lit":
+            return int(kids[0])
+        if kind == "float_lit":
+            return float(kids[0])
+        if kind == "true_lit":
+            return True
+        if kind == "false_lit":
+            return False
+        if kind == "str_lit":
+            return bytes(str(kids[0])[1:-1], "utf-8").decode("unicode_escape")
+        if kind == "list_lit":
+            return [self.literal(k) for k in kids if k is not None]
+        if kind == "symbol_lit":
+            return SymbolRef(str(kids[0])[1:])
+        if kind == "call_lit":
+            return Call(str(kids[0]), [self.literal(k) for k in kids[1:] if k is not None])
+        if kind == "ident_lit":
+            return Ident(str(kids[0]))
+        raise AssertionError(kind)
+
+    def attr_dict(self, node: Tree | None) -> dict[str, tuple[Any, Token, Tree]]:
+        out: dict[str, tuple[Any, Token, Tree]] = {}
+        if node is None:
+            return out
+        for entry in node.children:
+            if entry is None:
+                continue
+            name_tok, value_node = entry.children
+            name = str(name_tok)
+            if name in out:
+                raise self.error(f"attribute '{name}' is given twice", name_tok)
+            out[name] = (self.literal(value_node), name_tok, value_node)
+        return out
+
+    # -- module and functions --------------------------------------------------------------------------------
+    def module(self, tree: Tree) -> ModuleOp:
+        funcs: list[FuncOp] = []
+        symbols: dict[str, Token] = {}
+        items = tree.children
+        if len(items) == 1 and items[0].data == "module":
+            items = [c for c in items[0].children[1:]]
+        for item in items:
+            if item.data == "module":
+                raise self.error("a module may only appear once, around the whole file", item)
+            name_tok = item.children[0]
+            if str(name_tok) in symbols:
+                first = symbols[str(name_tok)]
+                raise self.error(f"function {name_tok} is already defined at line {first.line + self.line_offset}",
+                                 name_tok)
+            symbols[str(name_tok)] = name_tok
+            funcs.append(self.func(item))
+        return ModuleOp(funcs)
+
+    def func(self, tree: Tree) -> FuncOp:
+        name_tok, *rest = tree.children
+        args = [c for c in rest if isinstance(c, Tree) and c.data == "arg"]
+        results_node = next((c for c in rest if isinstance(c, Tree) and c.data == "func_results"), None)
+        fattrs_node = next((c for c in rest if isinstance(c, Tree) and c.data == "attr_dict"), None)
+        stmts = [c for c in rest if isinstance(c, Tree) and c.data == "stmt"]
+
+        values: dict[str, SSAValue] = {}
+        defs: dict[str, Token] = {}
+        arg_types = []
+        for a in args:
+            vtok, ttok, adict = a.children
+            if str(vtok) in defs:
+                raise self.error(f"argument {vtok} is already defined", vtok)
+            arg_types.append(self.tensor_type(ttok))
+            for aname, (_, atok, _) in self.attr_dict(adict).items():
+                raise self.error(f"unknown argument attribute '{aname}'", atok)
+            defs[str(vtok)] = vtok
+        if fattrs_node is not None:
+            for aname, (_, atok, _) in self.attr_dict(fattrs_node).items():
+                raise self.error(f"unknown function attribute '{aname}'", atok)
+
+        block = Block(arg_types=arg_types)
+        for a, barg in zip(args, block.args):
+            vtok = a.children[0]
+            values[str(vtok)] = barg
+            self.set_hint(barg, str(vtok))
+            barg.location = self.loc(vtok).to_attr()
+
+        declared_results = None
+        if results_node is not None:
+            declared_results = self.type_list(results_node.children[0])
+
+        ret: ReturnOp | None = None
+        for stmt in stmts:
+            if ret is not None:
+                raise self.error("func.return must be the last op of a function", stmt)
+            op = self.stmt(stmt, values, defs)
+            block.add_op(op)
+            if isinstance(op, ReturnOp):
+                ret = op
+        if ret is None:
+            raise self.error(f"function {name_tok} has no func.return", name_tok)
+
+        ret_types = [v.type for v in ret.operands]
+        if declared_results is None:
+            result_types = ret_types
+        else:
+            result_types = [t for t, _ in declared_results]
+            if len(result_types) != len(ret_types):
+                raise FirError(
+                    f"func.return returns {len(ret_types)} value(s) but {name_tok} declares {len(result_types)} result(s)",
+                    _loc_attr(ret),
+                )
+            for i, (want, got) in enumerate(zip(result_types, ret_types)):
+                if want != got:
+                    raise FirError(
+                        f"func.return operand {i} has type {dtypes.format_type(got)} but {name_tok} declares "
+                        f"{dtypes.format_type(want)}",
+                        _loc_attr(ret),
+                    )
+        func = FuncOp(str(name_tok)[1:], (arg_types, result_types), Region(block))
+        func.location = self.loc(tree).to_attr()
+        return func
+
+    def set_hint(self, value: SSAValue, name: str) -> None:
+        hint = name[1:]
+        if _VALID_HINT.fullmatch(hint):
+            value.name_hint = hint
+
+    # -- statements ------------------------------------------------------------------------------------------
+    def stmt(self, tree: Tree, values: dict[str, SSAValue], defs: dict[str, Token]):
+        results_node, name_tok, operands_node, attrs_node, types_node = tree.children
+        op_name = str(name_tok)
+        result_toks = list(results_node.children) if results_node is not None else []
+        operand_toks = list(operands_node.children) if operands_node is not None else []
+        operands = []
+        for t in operand_toks:
+            if str(t) not in values:
+                hint = ""
+                close = difflib.get_close_matches(str(t), list(values), n=1)
+                if close:
+                    hint = f" (did you mean {close[0]}?)"
+                raise self.error(f"use of undefined value {t}{hint}", t)
+            operands.append(values[str(t)])
+        declared = self.type_list(types_node)
+        attrs = self.attr_dict(attrs_node)
+
+        if op_name == "func.return":
+            if result_toks:
+                raise self.error("func.return has no results", result_toks[0])
+            for aname, (_, atok, _) in attrs.items():
+                raise self.error(f"func.return takes no attributes, got '{aname}'", atok)
+            if declared and len(declared) != len(operands):
+                raise self.error(f"func.return has {len(operands)} operand(s) but {len(declared)} type(s)",
+                                 declared[0][1])
+            for (want, ttok), v in zip(declared, operands):
+                if want != v.type:
+                    raise self.error(f"type {dtypes.format_type(want)} does not match the operand's type "
+                                     f"{dtypes.format_type(v.type)}", ttok)
+            op = ReturnOp(*operands)
+            op.location = self.loc(tree).to_attr()
+            return op
+
+        op_cls = OPS_BY_NAME.get(op_name)
+        if op_cls is None:
+            close = difflib.get_close_matches(op_name, list(OPS_BY_NAME) + ["func.return"], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise self.error(f"unknown op '{op_name}'{hint}", name_tok)
+        op = self.flow_op(op_cls, tree, name_tok, operands, operand_toks, attrs, declared, result_toks)
+        for rtok, res in zip(result_toks, op.results):
+            if str(rtok) in defs:
+                first = defs[str(rtok)]
+                raise self.error(f"value {rtok} is already defined at line {first.line + self.line_offset}", rtok)
+            defs[str(rtok)] = rtok
+            values[str(rtok)] = res
+            self.set_hint(res, str(rtok))
+        return op
+
+    def flow_op(self, op_cls: type[FlowOp], tree: Tree, name_tok: Token, operands: list[SSAValue],
+                operand_toks: list[Token], attrs: dict, declared: list, result_toks: list[Token]) -> FlowOp:
+        op_name = op_cls.name
+        n_expected = len(op_cls.get_irdl_definition().operands)
+        if op_cls.is_variadic():
+            if not operands:
+                raise self.error(f"{op_name} expects at least one operand", name_tok)
+        elif len(operands) != n_expected:
+            where = operand_toks[n_expected] if len(operands) > n_expected else name_tok
+            raise self.error(f"{op_name} expects {n_expected} operand(s), got {len(operands)}", where)
+        if len(result_toks) > 1:
+            raise self.error(f"{op_name} has 1 result, but {len(result_toks)} names are bound", result_toks[1])
+        if not result_toks:
+            raise self.error(f"the result of {op_name} must be named, e.g. `%r = {op_name} ...`", name_tok)
+        if len(declared) > 1:
+            raise self.error(f"{op_name} has 1 result, but {len(declared)} result types are given", declared[1][1])
+
+        ins = [to_tt(v.type) for v in operands]
+        for aname, (_, atok, _) in attrs.items():
+            if aname not in op_cls.FIR_ATTRS:
+                known = ", ".join(op_cls.FIR_ATTRS) or "none"
+                raise self.error(f"unknown attribute '{aname}' for {op_name} (known: {known})", atok)
+        values: dict[str, Any] = {}
+        for aname, spec in op_cls.FIR_ATTRS.items():
+            if aname in attrs:
+                values[aname] = attrs[aname][0]
+            elif spec.required:
+                raise self.error(f"{op_name} needs attribute '{aname}' ({spec.kind()})", name_tok)
+            else:
+                values[aname] = op_cls.default_attr(aname, ins)
+        declared_tt = to_tt(declared[0][0]) if declared else None
+        # Validate literals before shape rules, so a wrong-kind literal gets a message about itself.
+        props: dict[str, Attribute] = {}
+        for aname, value in values.items():
+            if op_cls.NEEDS_RESULT_TYPE and declared_tt is None:
+                break
+            try:
+                props[aname] = op_cls.attr_from_literal(aname, value, declared_tt)
+            except AttrError as e:
+                node = attrs[aname][2] if aname in attrs else name_tok
+                raise self.error(f"attribute '{aname}' of {op_name} {e}", node) from None
+            values[aname] = op_cls.FIR_ATTRS[aname].to_python(props[aname])
+        try:
+            out = op_cls.infer(ins, values, declared_tt)
+        except ShapeError as e:
+            raise self.error(f"{op_name}: {e}", name_tok) from None
+        if declared_tt is not None and declared_tt != out:
+            raise self.error(
+                f"{op_name}: declared result type {fmt_tt(declared_tt)} does not match the inferred type {fmt_tt(out)}",
+                declared[0][1],
+            )
+        op = op_cls.build(
+            operands=[operands] if op_cls.is_variadic() else operands,
+            result_types=[from_tt(out)],
+            properties=props,
+        )
+        op.location = self.loc(tree).to_attr()
+        return op
+
+
+def _loc_attr(op) -> SourceLoc | None:
+    from fir.diagnostics import loc_of
+
+    return loc_of(op.location)
+
+
+def _syntax_error(e: UnexpectedInput, filename: str, text: str, line_offset: int) -> FirError:
+    loc = SourceLoc(filename, (e.line if e.line and e.line > 0 else 1) + line_offset,
+                    e.column if e.column and e.column > 0 else 1)
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if e.pos_in_stream is not None and e.pos_in_stream < len(text) else "?"
+        return FirError(f"unexpected character '{ch}'", loc)
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        lines = text.split("\n")
+        last = len(lines)
+        while last > 1 and not lines[last - 1].strip():
+            last -= 1
+        loc = SourceLoc(filename, last + line_offset, len(lines[last - 1]) + 1)
+        return FirError("unexpected end of input (is a '}' missing?)", loc)
+    assert isinstance(e, UnexpectedToken)
+    if e.token.type == "BARE_ID" and str(e.token) == "tensor":
+        return FirError("malformed tensor type: expected tensor<DIMSxDTYPE> such as tensor<2x3xf32>, on one line", loc)
+    expected = sorted({_describe_terminal(t) for t in e.expected})
+    got = str(e.token)
+    msg = f"unexpected '{got}'"
+    if expected and len(expected) <= 6:
+        msg += f", expected {' or '.join(expected)}"
+    return FirError(msg, loc)
+
+
+def parse_fir(text: str, filename: str = "<input>", line_offset: int = 0) -> ModuleOp:
+    """Parse .fir source into a module of func.func ops over flow ops; raise FirError on any bad input."""
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, filename, text, line_offset) from None
+    return _Builder(filename, line_offset).module(tree)
+
+
+__all__ = ["parse_fir"]

@@ -1,0 +1,108 @@
+"""Loading programs: pick the syntax (.fir or MLIR generic), parse, and verify with located diagnostics."""
+
+from __future__ import annotations
+
+import re
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import Builtin, FileLineColLoc, IntAttr, ModuleOp, StringAttr, UnknownLoc
+from xdsl.dialects.func import Func, FuncOp, ReturnOp
+from xdsl.ir import Operation
+from xdsl.parser import Parser
+from xdsl.utils.exceptions import ParseError, VerifyException
+
+from fir.diagnostics import FirError, SourceLoc, loc_of
+from fir.dialects.flow import Flow, FlowOp
+from fir.fir_parser import parse_fir
+
+
+def make_context() -> Context:
+    """An xDSL context with the dialects a fir program may use."""
+    ctx = Context()
+    for dialect in (Builtin, Func, Flow):
+        ctx.load_dialect(dialect)
+    return ctx
+
+
+_GENERIC_START = re.compile(r'\A(\s|//[^\n]*\n)*("|builtin\.module|#|!)')
+
+
+def detect_syntax(text: str) -> str:
+    """'mlir' for MLIR generic text (it starts with a quoted op name or builtin.module), else 'fir'."""
+    return "mlir" if _GENERIC_START.match(text) else "fir"
+
+
+class _LocatingParser(Parser):
+    """xDSL's MLIR parser, giving each op without an explicit loc(...) the position it was read from."""
+
+    def __init__(self, ctx: Context, text: str, name: str, line_offset: int):
+        super().__init__(ctx, text, name)
+        self._fir_line_offset = line_offset
+
+    def parse_operation(self) -> Operation:
+        start = self._current_token.span.get_location()
+        op = super().parse_operation()
+        if isinstance(op.location, UnknownLoc):
+            op.location = FileLineColLoc(
+                StringAttr(start.file), IntAttr(start.line + self._fir_line_offset), IntAttr(start.col)
+            )
+        return op
+
+
+def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset: int = 0) -> ModuleOp:
+    """Parse MLIR (generic or xDSL custom) text; raise FirError on bad input."""
+    try:
+        return _LocatingParser(ctx or make_context(), text, filename, line_offset).parse_module()
+    except ParseError as e:
+        loc = e.span.get_location()
+        msg = e.msg.split("\n")[0]
+        raise FirError(msg, SourceLoc(filename, loc.line + line_offset, loc.col)) from None
+
+
+def _check_structure(module: ModuleOp) -> None:
+    for op in module.ops:
+        if not isinstance(op, FuncOp):
+            raise FirError(f"'{op.name}' cannot appear at module level (only func.func)", loc_of(op.location))
+        if len(op.body.blocks) != 1:
+            raise FirError(f"function @{op.sym_name.data} must have exactly one block", loc_of(op.location))
+        for inner in op.body.walk():
+            if inner is op or isinstance(inner, (FlowOp, ReturnOp)):
+                continue
+            raise FirError(f"'{inner.name}' cannot appear in a function body", loc_of(inner.location))
+
+
+def verify_module(module: ModuleOp) -> None:
+    """Run every op's verifier; the first failure becomes a FirError at that op's location."""
+    for op in module.walk():
+        try:
+            op.verify(verify_nested_ops=False)
+        except VerifyException as e:
+            raise FirError(f"'{op.name}' op {e}", loc_of(op.location)) from None
+        except Exception as e:  # a malformed generic op can trip a rule in unexpected ways
+            raise FirError(f"'{op.name}' op is malformed: {e}", loc_of(op.location)) from None
+    _check_structure(module)
+
+
+def parse_source(
+    text: str, filename: str = "<input>", syntax: str | None = None, line_offset: int = 0, ctx: Context | None = None
+) -> ModuleOp:
+    """Parse and verify a program in .fir or MLIR syntax (detected when `syntax` is None)."""
+    syntax = syntax or detect_syntax(text)
+    if syntax == "fir":
+        module = parse_fir(text, filename, line_offset)
+    else:
+        module = parse_mlir(text, filename, ctx, line_offset)
+    verify_module(module)
+    return module
+
+
+def load_file(path: str, syntax: str | None = None) -> tuple[ModuleOp, str]:
+    """Read, parse and verify a file; returns the module and the source text (for diagnostics)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FirError(f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+    if syntax is None and path.endswith(".mlir"):
+        syntax = "mlir"
+    return parse_source(text, path, syntax), text

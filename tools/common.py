@@ -1,0 +1,36 @@
+"""Helpers shared by the fir command-line tools."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from fir.diagnostics import FirError
+
+
+def read_text(path: str | None) -> str:
+    """Read a source file (or stdin when path is None or '-'); FirError if it cannot be read."""
+    if path is None or path == "-":
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        name = path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise FirError(f"cannot read '{path}': {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FirError(f"'{name}' is not UTF-8 text (byte {e.start})") from None
+
+
+def internal_error(tool: str, e: BaseException) -> int:
+    """Report a fir bug without a traceback (set FIR_DEBUG=1 to see one); exit status 3."""
+    if os.environ.get("FIR_DEBUG"):
+        traceback.print_exc()
+    print(f"{tool}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"{tool}: this is a bug in fir; set FIR_DEBUG=1 for a traceback and please report it", file=sys.stderr)
+    return 3
