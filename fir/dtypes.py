@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import numpy as np
 from xdsl.dialects.builtin import (
@@ -86,6 +88,12 @@ def is_int(name: str) -> bool:
 
 def tensor_type(shape: tuple[int, ...] | list[int], dtype: str) -> TensorType:
     """Build a ranked tensor type from a shape and a dtype name."""
+    return _tensor_type(tuple(shape), dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensor_type(shape: tuple[int, ...], dtype: str) -> TensorType:
+    # Attributes are immutable, and building one runs its verifier: share them.
     return TensorType(element_type(dtype), list(shape))
 
 

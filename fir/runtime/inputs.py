@@ -1,0 +1,141 @@
+"""Program inputs for fir-run: checked loading from .npz, random generation, and output files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+
+import ml_dtypes
+import numpy as np
+from xdsl.dialects.builtin import TensorType
+from xdsl.dialects.func import FuncOp
+from xdsl.ir import SSAValue
+
+from fir import dtypes
+from fir.diagnostics import FirError
+from fir.dialects import flow
+from fir.dialects.flow import to_tt
+
+
+def arg_names(func: FuncOp) -> list[str]:
+    """The input name of each function argument: its %name, or argN when it has none."""
+    block = func.body.blocks.first
+    assert block is not None
+    return [a.name_hint or f"arg{i}" for i, a in enumerate(block.args)]
+
+
+def result_names(func: FuncOp) -> list[str]:
+    """A unique output name per function result: the returned value's %name, or resultN."""
+    block = func.body.blocks.first
+    assert block is not None and block.last_op is not None
+    names: list[str] = []
+    for i, v in enumerate(block.last_op.operands):
+        name = v.name_hint or f"result{i}"
+        if name in names:
+            name = f"result{i}"
+        names.append(name)
+    return names
+
+
+def _coerce(name: str, arr: np.ndarray, t: TensorType) -> np.ndarray:
+    shape, dt = to_tt(t)
+    want = dtypes.numpy_dtype(dt)
+    if dt == "bf16" and arr.dtype in (np.dtype(np.uint16), np.dtype("V2")):
+        arr = arr.view(ml_dtypes.bfloat16)  # npz keeps bf16 only as raw 2-byte values
+    if tuple(arr.shape) != shape:
+        raise FirError(f"input '{name}' has shape {tuple(arr.shape)} but %{name} is {dtypes.format_type(t)}")
+    if arr.dtype != want:
+        raise FirError(
+            f"input '{name}' has dtype {arr.dtype} but %{name} is {dt}; save it as {want} (e.g. with .astype)"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
+    """Read an .npz with one array per argument name; every mismatch is a FirError naming the input."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise FirError(f"cannot read inputs '{path}': no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise FirError(f"cannot read inputs '{path}': not a valid .npz file ({e})") from None
+    names = arg_names(func)
+    block = func.body.blocks.first
+    assert block is not None
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise FirError(f"inputs '{path}' lack {', '.join(repr(m) for m in missing)} "
+                       f"(@{func.sym_name.data} takes {', '.join(names)})")
+    extra = [k for k in data if k not in names]
+    if extra:
+        raise FirError(f"inputs '{path}' have {', '.join(repr(e) for e in extra)}, which @{func.sym_name.data} "
+                       f"does not take (it takes {', '.join(names)})")
+    return [_coerce(n, data[n], a.type) for n, a in zip(names, block.args)]
+
+
+def _int_bound(v: SSAValue) -> int | None:
+    """The exclusive upper bound an integer input must respect, from how it is used (indices, labels)."""
+    bound = None
+    for use in v.uses:
+        op = use.operation
+        b = None
+        if isinstance(op, flow.GatherOp) and use.index == 1:
+            b = to_tt(op.table.type)[0][op.attr_values()["axis"] % len(to_tt(op.table.type)[0])]
+        elif isinstance(op, flow.CrossEntropyOp) and use.index == 1:
+            b = to_tt(op.logits.type)[0][-1]
+        if b is not None:
+            bound = b if bound is None else min(bound, b)
+    return bound
+
+
+def _float_scale(v: SSAValue) -> float:
+    """1/sqrt(K) for a matmul right-hand side (keeps activations near unit scale), else 1."""
+    for use in v.uses:
+        op = use.operation
+        if isinstance(op, flow.MatmulOp) and use.index == 1:
+            shape = to_tt(v.type)[0]
+            k = shape[-1] if op.attr_values()["transpose_b"] else shape[-2]
+            return 1.0 / np.sqrt(max(k, 1))
+    return 1.0
+
+
+def random_inputs(func: FuncOp, seed: int) -> list[np.ndarray]:
+    """Random inputs: floats ~ N(0, 1) (matmul weights scaled by 1/sqrt(K)); integers in the range their uses
+    allow (gather indices below the table size, labels below the class count, else [0, 16)); i1 fair coins."""
+    rng = np.random.default_rng(seed)
+    block = func.body.blocks.first
+    assert block is not None
+    out = []
+    for a in block.args:
+        shape, dt = to_tt(a.type)
+        npdt = dtypes.numpy_dtype(dt)
+        if dtypes.is_float(dt):
+            arr = (rng.standard_normal(shape) * _float_scale(a)).astype(np.float32).astype(npdt)
+        elif dt == "i1":
+            arr = rng.integers(0, 2, size=shape).astype(np.bool_)
+        else:
+            bound = _int_bound(a) or 16
+            arr = rng.integers(0, bound, size=shape).astype(npdt)
+        out.append(np.ascontiguousarray(arr))
+    return out
+
+
+def save_outputs(path: str, names: list[str], values: list[np.ndarray]) -> None:
+    """Write outputs to an .npz atomically (a temporary file renamed into place), so no half-written file remains.
+
+    bf16 results are stored as float32 (exactly), since .npz has no bf16 type."""
+    values = [v.astype(np.float32) if v.dtype == np.dtype(ml_dtypes.bfloat16) else v for v in values]
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    except OSError as e:
+        raise FirError(f"cannot write outputs '{path}': {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **dict(zip(names, values)))
+        os.replace(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise FirError(f"cannot write outputs '{path}': {e.strerror}") from None

@@ -1,0 +1,100 @@
+"""fir-run: execute a fir program on the numpy reference backend and report its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from fir.diagnostics import FirError
+from fir.dtypes import format_type
+from fir.frontend import parse_source
+from fir.runtime.inputs import load_inputs, random_inputs, result_names, save_outputs
+from fir.runtime.interpreter import find_function, run_function
+from fir_tools.common import internal_error, read_text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fir-run",
+        description="Run a fir program (.fir or MLIR generic) on the CPU with the numpy reference backend.",
+    )
+    p.add_argument("input_file", help="program to run ('-' for stdin)")
+    p.add_argument("--entry", metavar="NAME", help="function to run (default: the only one, or @main)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--inputs", metavar="FILE.npz", help="one array per argument, keyed by argument name")
+    src.add_argument("--seed", type=int, metavar="N", help="random inputs from this seed (the default is 0)")
+    p.add_argument("--output", metavar="FILE.npz", help="write the results here, keyed by result name")
+    p.add_argument("--backend", choices=["numpy"], default="numpy", help="execution backend (default: numpy)")
+    p.add_argument("-f", "--frontend", choices=["fir", "mlir"], help="input syntax (default: by extension or content)")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    return p
+
+
+def summarize(name: str, t: str, value: np.ndarray) -> str:
+    """One result as a line of statistics and its first values."""
+    flat = value.reshape(-1)
+    head = f"{name}: {t}"
+    if flat.size == 0:
+        return head + "  (empty)"
+    if value.dtype.kind in "fV" or str(value.dtype) == "bfloat16":
+        f = flat.astype(np.float64)
+        stats = f"min {f.min():.6g}  max {f.max():.6g}  mean {f.mean():.6g}  std {f.std():.6g}"
+        if not np.all(np.isfinite(f)):
+            stats += f"  non-finite {int(np.sum(~np.isfinite(f)))}"
+    else:
+        i = flat.astype(np.int64)
+        stats = f"min {i.min()}  max {i.max()}  sum {i.sum()}"
+    shown = ", ".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in flat[:6].tolist())
+    more = ", ..." if flat.size > 6 else ""
+    return f"{head}\n    {stats}\n    [{shown}{more}]"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the program, print and save its outputs; return the exit status."""
+    args = _parser().parse_args(argv)
+    name = "<stdin>" if args.input_file == "-" else args.input_file
+    text = read_text(args.input_file)
+    syntax = args.frontend or ("mlir" if name.endswith(".mlir") else None)
+    try:
+        module = parse_source(text, name, syntax)
+        func = find_function(module, args.entry)
+        if args.inputs:
+            inputs = load_inputs(args.inputs, func)
+            origin = f"from {args.inputs}"
+        else:
+            seed = 0 if args.seed is None else args.seed
+            inputs = random_inputs(func, seed)
+            origin = f"random, seed {seed}"
+        outputs = run_function(module, func, inputs)
+    except FirError as e:
+        print(e.render({name: text}), file=sys.stderr)
+        return 1
+    names = result_names(func)
+    if args.output:
+        save_outputs(args.output, names, outputs)
+    if not args.quiet:
+        print(f"@{func.sym_name.data}: {len(inputs)} input(s) ({origin}), {len(outputs)} result(s), backend {args.backend}")
+        for n, v, t in zip(names, outputs, func.function_type.outputs.data):
+            print(summarize(n, format_type(t), v))
+        if args.output:
+            print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the fir-run command."""
+    try:
+        return run(argv)
+    except FirError as e:
+        print(f"fir-run: {e.render()}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        return internal_error("fir-run", e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
