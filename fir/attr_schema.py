@@ -7,6 +7,7 @@ for verifiers and backends, and prints that value in .fir syntax.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,27 @@ def describe(v: Any) -> str:
     return type(v).__name__
 
 
+# Attributes are immutable and verify themselves when built: programs repeat a few values, so share them.
+@functools.lru_cache(maxsize=1024)
+def _int_attr(v: int) -> Attribute:
+    return IntegerAttr(v, i64)
+
+
+@functools.lru_cache(maxsize=1024)
+def _int_list_attr(v: tuple[int, ...]) -> Attribute:
+    return DenseArrayBase.from_list(i64, v)
+
+
+@functools.lru_cache(maxsize=1024)
+def _float_attr(v: float) -> Attribute:
+    return FloatAttr(v, Float64Type())
+
+
+@functools.lru_cache(maxsize=2)
+def _bool_attr(v: bool) -> Attribute:
+    return BoolAttr.from_bool(v)
+
+
 @dataclass(frozen=True)
 class AttrSpec:
     """Base of the attribute kinds; `default` is REQUIRED when the attribute must be written."""
@@ -141,7 +163,7 @@ class IntSpec(AttrSpec):
             raise AttrError(f"expects an integer, got {describe(value)}")
         if not -(2**63) <= value < 2**63:
             raise AttrError(f"integer {value} does not fit in 64 bits")
-        return IntegerAttr(value, i64)
+        return _int_attr(value)
 
     def to_python(self, attr: Attribute) -> Any:
         assert isinstance(attr, IntegerAttr)
@@ -160,7 +182,7 @@ class IntListSpec(AttrSpec):
             raise AttrError(f"expects a list of integers such as [0, 1], got {describe(value)}")
         if any(not -(2**63) <= x < 2**63 for x in value):
             raise AttrError("an integer in the list does not fit in 64 bits")
-        return DenseArrayBase.from_list(i64, value)
+        return _int_list_attr(tuple(value))
 
     def to_python(self, attr: Attribute) -> Any:
         assert isinstance(attr, DenseArrayBase)
@@ -177,7 +199,7 @@ class FloatSpec(AttrSpec):
     def to_attr(self, value: Any) -> Attribute:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AttrError(f"expects a number, got {describe(value)}")
-        return FloatAttr(float(value), Float64Type())
+        return _float_attr(float(value))
 
     def to_python(self, attr: Attribute) -> Any:
         assert isinstance(attr, FloatAttr)
@@ -194,7 +216,7 @@ class BoolSpec(AttrSpec):
     def to_attr(self, value: Any) -> Attribute:
         if not isinstance(value, bool):
             raise AttrError(f"expects true or false, got {describe(value)}")
-        return BoolAttr.from_bool(value)
+        return _bool_attr(value)
 
     def to_python(self, attr: Attribute) -> Any:
         assert isinstance(attr, IntegerAttr)

@@ -14,7 +14,7 @@ from typing import Any
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, Block, Region, SSAValue
 
@@ -25,6 +25,7 @@ from fir.dialects.flow import OPS_BY_NAME, FlowOp, fmt_tt, from_tt, to_tt
 from fir.shape_inference import ShapeError
 
 _VALID_HINT = re.compile(r"[A-Za-z_$.\-][\w$.\-]*")
+_NUMERIC_SUFFIX = re.compile(r"(_\d+)+$")
 
 # Human names for grammar terminals in "expected ..." messages.
 _TERMINAL_NAMES = {
@@ -149,11 +150,16 @@ class _Builder:
         funcs: list[FuncOp] = []
         symbols: dict[str, Token] = {}
         items = tree.children
-        if len(items) == 1 and items[0].data == "module":
-            items = [c for c in items[0].children[1:]]
+        module_name = None
+        if items and items[0].data == "module":
+            if len(items) > 1:
+                raise self.error("a module must enclose the whole file", items[1])
+            sym = items[0].children[0] if items[0].children else None
+            module_name = str(sym)[1:] if isinstance(sym, Token) else None
+            items = [c for c in items[0].children if isinstance(c, Tree)]
         for item in items:
             if item.data == "module":
-                raise self.error("a module may only appear once, around the whole file", item)
+                raise self.error("a module must enclose the whole file", item)
             name_tok = item.children[0]
             if str(name_tok) in symbols:
                 first = symbols[str(name_tok)]
@@ -161,7 +167,10 @@ class _Builder:
                                  name_tok)
             symbols[str(name_tok)] = name_tok
             funcs.append(self.func(item))
-        return ModuleOp(funcs)
+        module = ModuleOp(funcs)
+        if module_name is not None:
+            module.sym_name = StringAttr(module_name)
+        return module
 
     def func(self, tree: Tree) -> FuncOp:
         name_tok, *rest = tree.children
@@ -229,8 +238,9 @@ class _Builder:
         return func
 
     def set_hint(self, value: SSAValue, name: str) -> None:
-        hint = name[1:]
-        if _VALID_HINT.fullmatch(hint):
+        # xDSL drops one trailing _N from a hint on every print; dropping them all now makes printing a fixed point.
+        hint = _NUMERIC_SUFFIX.sub("", name[1:])
+        if hint and _VALID_HINT.fullmatch(hint):
             value.name_hint = hint
 
     # -- statements ------------------------------------------------------------------------------------------
@@ -327,17 +337,15 @@ class _Builder:
         try:
             out = op_cls.infer(ins, values, declared_tt)
         except ShapeError as e:
-            raise self.error(f"{op_name}: {e}", name_tok) from None
+            msg = str(e) if str(e).startswith(op_name) else f"{op_name}: {e}"
+            raise self.error(msg, name_tok) from None
         if declared_tt is not None and declared_tt != out:
             raise self.error(
                 f"{op_name}: declared result type {fmt_tt(declared_tt)} does not match the inferred type {fmt_tt(out)}",
                 declared[0][1],
             )
-        op = op_cls.build(
-            operands=[operands] if op_cls.is_variadic() else operands,
-            result_types=[from_tt(out)],
-            properties=props,
-        )
+        # Everything build() would check is established above; create() skips re-checking it.
+        op = op_cls.create(operands=operands, result_types=[from_tt(out)], properties=props)
         op.location = self.loc(tree).to_attr()
         return op
 

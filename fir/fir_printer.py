@@ -23,7 +23,7 @@ class _Names:
 
     def define(self, v: SSAValue) -> str:
         hint = v.name_hint
-        if hint is not None:
+        if hint:
             name, k = hint, 0
             while name in self.used:
                 k += 1
@@ -88,10 +88,21 @@ def print_func(func: FuncOp, out: StringIO) -> None:
     out.write("}\n")
 
 
+def _unnamed_copy(module: ModuleOp) -> ModuleOp:
+    copy = module.clone()
+    copy.sym_name = None
+    return copy
+
+
 def print_fir(module: ModuleOp) -> str:
     """The module as .fir text."""
     out = StringIO()
     first = True
+    if module.sym_name is not None:
+        # A named module keeps its name: print it around the functions.
+        inner = print_fir(ModuleOp([]) if not module.ops else _unnamed_copy(module))
+        body = "".join("  " + line if line.strip() else line for line in inner.splitlines(keepends=True))
+        return f"module @{module.sym_name.data} {{\n{body}}}\n"
     for op in module.ops:
         if not isinstance(op, FuncOp):
             raise FirError(f"'{op.name}' has no .fir syntax at module level; print it with -t mlir", loc_of(op.location))

@@ -57,7 +57,7 @@ def check_same_dtype(op: str, dtypes: Sequence[str]) -> str:
     first = dtypes[0]
     for i, d in enumerate(dtypes[1:], start=1):
         if d != first:
-            raise ShapeError(f"operand {i} has dtype {d} but operand 0 has {first}; {op} needs one dtype (use flow.cast)")
+            raise ShapeError(f"operand {i} has dtype {d} but operand 0 has {first} (convert with flow.cast)")
     return first
 
 

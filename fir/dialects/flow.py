@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, TensorType, i64
+from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, TensorType, i64
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
@@ -22,7 +22,7 @@ from xdsl.irdl import (
     traits_def,
     var_operand_def,
 )
-from xdsl.dialects.builtin import DenseArrayBase, FloatAttr, IntegerAttr, StringAttr
+from xdsl.dialects.builtin import I64, BoolAttr, DenseArrayBase, FloatAttr, IntegerAttr, StringAttr
 from xdsl.traits import HasCanonicalizationPatternsTrait, Pure
 from xdsl.utils.exceptions import VerifyException
 
@@ -66,6 +66,12 @@ def from_tt(tt: TT) -> TensorType:
 def fmt_tt(tt: TT) -> str:
     """A (shape, dtype) pair printed as a tensor type."""
     return dtypes.format_type(from_tt(tt))
+
+
+def _check_int_range(v: int, dt: str) -> None:
+    lo, hi = {"i1": (0, 1), "i32": (-(2**31), 2**31 - 1), "i64": (-(2**63), 2**63 - 1)}[dt]
+    if not lo <= v <= hi:
+        raise ShapeError(f"value {v} does not fit in {dt} (range {lo} to {hi})")
 
 
 def _check_dtype(op: str, what: str, dt: str, allowed: Sequence[str]) -> None:
@@ -159,6 +165,12 @@ class _FlowCanonicalization(HasCanonicalizationPatternsTrait):
 
 _TRAITS = traits_def(Pure(), _FlowCanonicalization())
 
+# Property constraints: exactly the storage the attribute schema writes (i64 ints, i1 bools, f64 floats).
+INT_PROP = IntegerAttr[I64]
+BOOL_PROP = BoolAttr
+FLOAT_PROP = FloatAttr[Float64Type]
+INT_LIST_PROP = DenseArrayBase.constr(i64)
+
 # Classes made with type() declare their constants the way IRDL wants them: UPPER_CASE and ClassVar.
 _CONST_ANNOTATIONS = {"ALLOWED": ClassVar[tuple[str, ...]], "FIR_ATTRS": ClassVar[dict[str, AttrSpec]]}
 
@@ -193,13 +205,13 @@ def _unary(op_name: str, summary: str, allowed: tuple[str, ...] = FLOATS, attrs:
 
 def _prop_constraint(spec: AttrSpec) -> Any:
     if isinstance(spec, IntSpec):
-        return IntegerAttr
+        return INT_PROP
     if isinstance(spec, IntListSpec):
-        return DenseArrayBase
+        return INT_LIST_PROP
     if isinstance(spec, FloatSpec):
-        return FloatAttr
+        return FLOAT_PROP
     if isinstance(spec, BoolSpec):
-        return IntegerAttr
+        return BOOL_PROP
     if isinstance(spec, StrSpec):
         return StringAttr
     raise TypeError(spec)
@@ -285,8 +297,8 @@ class MatmulOp(FlowOp):
     lhs = operand_def(TensorType)
     rhs = operand_def(TensorType)
     result = result_def(TensorType)
-    transpose_a = prop_def(IntegerAttr)
-    transpose_b = prop_def(IntegerAttr)
+    transpose_a = prop_def(BOOL_PROP)
+    transpose_b = prop_def(BOOL_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
         "transpose_a": BoolSpec(default=False, doc="use the transpose of the last two axes of lhs"),
@@ -306,8 +318,8 @@ class ReduceOp(FlowOp):
 
     input = operand_def(TensorType)
     result = result_def(TensorType)
-    axes = prop_def(DenseArrayBase)
-    keepdims = prop_def(IntegerAttr)
+    axes = prop_def(INT_LIST_PROP)
+    keepdims = prop_def(BOOL_PROP)
     traits = _TRAITS
     ALLOWED: ClassVar[tuple[str, ...]] = NUMERIC
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
@@ -344,7 +356,7 @@ class SoftmaxOp(FlowOp):
     name = "flow.softmax"
     input = operand_def(TensorType)
     result = result_def(TensorType)
-    axis = prop_def(IntegerAttr)
+    axis = prop_def(INT_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=-1, doc="the softmax axis")}
 
@@ -364,8 +376,8 @@ class LayerNormOp(FlowOp):
     gamma = operand_def(TensorType)
     beta = operand_def(TensorType)
     result = result_def(TensorType)
-    axes = prop_def(DenseArrayBase)
-    eps = prop_def(FloatAttr)
+    axes = prop_def(INT_LIST_PROP)
+    eps = prop_def(FLOAT_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
         "axes": IntListSpec(default=[-1], doc="the normalised (trailing) axes"),
@@ -389,7 +401,7 @@ class TransposeOp(FlowOp):
     name = "flow.transpose"
     input = operand_def(TensorType)
     result = result_def(TensorType)
-    perm = prop_def(DenseArrayBase)
+    perm = prop_def(INT_LIST_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"perm": IntListSpec(doc="result axis i is input axis perm[i]")}
 
@@ -445,7 +457,7 @@ class ConcatOp(FlowOp):
     name = "flow.concat"
     inputs = var_operand_def(TensorType)
     result = result_def(TensorType)
-    axis = prop_def(IntegerAttr)
+    axis = prop_def(INT_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(doc="the axis to join along")}
 
@@ -468,9 +480,9 @@ class SliceOp(FlowOp):
     name = "flow.slice"
     input = operand_def(TensorType)
     result = result_def(TensorType)
-    start = prop_def(DenseArrayBase)
-    limit = prop_def(DenseArrayBase)
-    stride = prop_def(DenseArrayBase)
+    start = prop_def(INT_LIST_PROP)
+    limit = prop_def(INT_LIST_PROP)
+    stride = prop_def(INT_LIST_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
         "start": IntListSpec(doc="first index per axis"),
@@ -491,7 +503,7 @@ class GatherOp(FlowOp):
     table = operand_def(TensorType)
     indices = operand_def(TensorType)
     result = result_def(TensorType)
-    axis = prop_def(IntegerAttr)
+    axis = prop_def(INT_PROP)
     traits = _TRAITS
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=0, doc="the table axis the indices select along")}
 
@@ -510,10 +522,11 @@ class _DenseSpec(AttrSpec):
 
     def to_python(self, attr: Attribute) -> Any:
         assert isinstance(attr, DenseIntOrFPElementsAttr)
+        et = attr.get_element_type()
+        if not isinstance(et, (Float64Type, IntegerType)) or (isinstance(et, IntegerType) and et.width.data != 64):
+            raise ShapeError(f"value must be stored as f64 (float results) or i64 (integer results), not {et}")
         vals = attr.get_values()
-        return np.array(vals, dtype=np.float64 if isinstance(attr.get_element_type(), Float64Type) else np.int64).reshape(
-            attr.get_shape()
-        )
+        return np.array(vals, dtype=np.float64 if isinstance(et, Float64Type) else np.int64).reshape(attr.get_shape())
 
     def format(self, value: Any) -> str:
         arr = np.asarray(value)
@@ -538,6 +551,9 @@ class ConstantOp(FlowOp):
         if declared is None:
             raise ShapeError("flow.constant needs a result type, e.g. `: tensor<2x2xf32>`")
         value = attrs["value"]
+        if isinstance(value, np.ndarray) and (value.dtype == np.float64) != dtypes.is_float(declared[1]):
+            want = "f64" if dtypes.is_float(declared[1]) else "i64"
+            raise ShapeError(f"value must be stored as {want} elements for a {declared[1]} result")
         if isinstance(value, np.ndarray) and value.shape != declared[0]:
             raise ShapeError(f"value has shape {si.fmt_shape(value.shape)} but the result type is {fmt_tt(declared)}")
         return declared
@@ -582,8 +598,11 @@ def dense_value(value: Any, declared: TT) -> DenseIntOrFPElementsAttr:
     if any(isinstance(v, float) for v in arr.reshape(n)):
         raise AttrError(f"holds a float but the result dtype {dt} is an integer type")
     ints = [int(v) for v in arr.reshape(n)]
-    if dt == "i1" and any(v not in (0, 1) for v in ints):
-        raise AttrError("i1 constants hold only 0, 1, true or false")
+    for v in ints:
+        try:
+            _check_int_range(v, dt)
+        except ShapeError:
+            raise AttrError(f"holds {v}, which does not fit in {dt}") from None
     return DenseIntOrFPElementsAttr.from_list(TensorType(i64, list(shape)), ints)
 
 
@@ -593,7 +612,7 @@ class FillOp(FlowOp):
 
     name = "flow.fill"
     result = result_def(TensorType)
-    value = prop_def(FloatAttr)
+    value = prop_def(FLOAT_PROP)
     traits = _TRAITS
     NEEDS_RESULT_TYPE: ClassVar[bool] = True
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"value": FloatSpec(doc="the value of every element (inf, -inf and nan allowed)")}
@@ -603,8 +622,10 @@ class FillOp(FlowOp):
         if declared is None:
             raise ShapeError("flow.fill needs a result type, e.g. `: tensor<4x4xf32>`")
         v = attrs["value"]
-        if not dtypes.is_float(declared[1]) and not (np.isfinite(v) and float(v).is_integer()):
-            raise ShapeError(f"value {v} is not an integer, but the result dtype is {declared[1]}")
+        if not dtypes.is_float(declared[1]):
+            if not (np.isfinite(v) and float(v).is_integer()):
+                raise ShapeError(f"value {v} is not an integer, but the result dtype is {declared[1]}")
+            _check_int_range(int(v), declared[1])
         return declared
 
     def format_attr(self, name: str) -> str | None:
@@ -620,7 +641,7 @@ class IotaOp(FlowOp):
 
     name = "flow.iota"
     result = result_def(TensorType)
-    axis = prop_def(IntegerAttr)
+    axis = prop_def(INT_PROP)
     traits = _TRAITS
     NEEDS_RESULT_TYPE: ClassVar[bool] = True
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=0, doc="the axis whose index is stored")}
