@@ -162,7 +162,7 @@ class IntSpec(AttrSpec):
         if isinstance(value, bool) or not isinstance(value, int):
             raise AttrError(f"expects an integer, got {describe(value)}")
         if not -(2**63) <= value < 2**63:
-            raise AttrError(f"integer {value} does not fit in 64 bits")
+            raise AttrError(f"must fit in 64 bits, but {value} does not")
         return _int_attr(value)
 
     def to_python(self, attr: Attribute) -> Any:
@@ -181,7 +181,7 @@ class IntListSpec(AttrSpec):
         if not isinstance(value, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in value):
             raise AttrError(f"expects a list of integers such as [0, 1], got {describe(value)}")
         if any(not -(2**63) <= x < 2**63 for x in value):
-            raise AttrError("an integer in the list does not fit in 64 bits")
+            raise AttrError("must hold integers that fit in 64 bits")
         return _int_list_attr(tuple(value))
 
     def to_python(self, attr: Attribute) -> Any:
@@ -199,6 +199,8 @@ class FloatSpec(AttrSpec):
     def to_attr(self, value: Any) -> Attribute:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AttrError(f"expects a number, got {describe(value)}")
+        if isinstance(value, int) and (abs(value) > 2**1023 or float(value) != value):
+            raise AttrError(f"must be exactly representable as a 64-bit float, but {value} is not")
         return _float_attr(float(value))
 
     def to_python(self, attr: Attribute) -> Any:
@@ -236,7 +238,7 @@ class StrSpec(AttrSpec):
         if not isinstance(value, str):
             raise AttrError(f"expects {self.kind()}, got {describe(value)}")
         if self.choices and value not in self.choices:
-            raise AttrError(f'"{value}" is not {self.kind()}')
+            raise AttrError(f'must be {self.kind()}, not "{value}"')
         return StringAttr(value)
 
     def to_python(self, attr: Attribute) -> Any:

@@ -90,7 +90,7 @@ class _Builder:
         if dt not in dtypes.DTYPE_NAMES:
             col = len(text) - 1 - len(parts[-1])
             raise self.error(f"unknown element type '{dt}' (fir has {', '.join(dtypes.DTYPE_NAMES)})", tok, col)
-        shape = []
+        shape: list[int] = []
         col = len("tensor<")
         for d in dims:
             ds = d.strip()
@@ -98,8 +98,15 @@ class _Builder:
                 raise self.error("dynamic dimensions ('?') are not supported: fir shapes are static", tok, col)
             if not ds.isdigit():
                 raise self.error(f"bad dimension '{d}' in tensor type (expected a non-negative integer)", tok, col)
+            if int(ds) > dtypes.MAX_ELEMENTS:
+                raise self.error(f"dimension {ds} is too large (at most {dtypes.MAX_ELEMENTS} elements)", tok, col)
             shape.append(int(ds))
             col += len(d) + 1
+        n = 1
+        for d in shape:
+            n *= d
+        if n > dtypes.MAX_ELEMENTS:
+            raise self.error(f"tensor type has {n} elements, more than fir accepts ({dtypes.MAX_ELEMENTS})", tok)
         return dtypes.tensor_type(shape, dt)
 
     def type_list(self, node: Tree | None) -> list[tuple[TensorType, Token]]:
@@ -365,7 +372,8 @@ def _syntax_error(e: UnexpectedInput, filename: str, text: str, line_offset: int
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         lines = text.split("\n")
         last = len(lines)
-        while last > 1 and not lines[last - 1].strip():
+        # Point just after the last token: skip trailing blank and comment-only lines.
+        while last > 1 and (not lines[last - 1].strip() or lines[last - 1].lstrip().startswith("//")):
             last -= 1
         loc = SourceLoc(filename, last + line_offset, len(lines[last - 1]) + 1)
         return FirError("unexpected end of input (is a '}' missing?)", loc)

@@ -12,7 +12,8 @@ from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError, VerifyException
 
 from fir.diagnostics import FirError, SourceLoc, loc_of
-from fir.dialects.flow import Flow, FlowOp
+from fir.dialects.flow import Flow, FlowOp, to_tt
+from fir.shape_inference import ShapeError
 from fir.fir_parser import parse_fir
 
 
@@ -55,14 +56,34 @@ def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset
         return _LocatingParser(ctx or make_context(), text, filename, line_offset).parse_module()
     except ParseError as e:
         loc = e.span.get_location()
-        msg = e.msg.split("\n")[0]
-        raise FirError(msg, SourceLoc(filename, loc.line + line_offset, loc.col)) from None
+        where = SourceLoc(filename, loc.line + line_offset, loc.col)
+        msg = e.msg.split("\n")[0].strip()
+        undefined = re.match(r"values used but not defined: \[(%[^\],]+)", msg)
+        if undefined:
+            # xDSL notices undefined values only at the end: point at the first use instead.
+            pattern = re.compile(re.escape(undefined.group(1)) + r"(?![\w$.\-])")
+            for i, line_text in enumerate(text.split("\n")):
+                use = pattern.search(line_text.split("//", 1)[0])
+                if use is not None:
+                    where = SourceLoc(filename, i + 1 + line_offset, use.start() + 1)
+                    break
+            msg = f"use of undefined value {undefined.group(1)}"
+        elif not msg or msg.startswith("in "):
+            # xDSL's message fragments at the end of the text mean the input stops inside something.
+            msg = "unexpected end of input" + (f" ({msg})" if msg else "") + "; is a closing '})' missing?"
+        raise FirError(msg, where) from None
 
 
 def _check_structure(module: ModuleOp) -> None:
     for op in module.ops:
         if not isinstance(op, FuncOp):
             raise FirError(f"'{op.name}' cannot appear at module level (only func.func)", loc_of(op.location))
+        ftype = op.function_type
+        for t in (*ftype.inputs.data, *ftype.outputs.data):
+            try:
+                to_tt(t)
+            except ShapeError as e:
+                raise FirError(f"function @{op.sym_name.data}: {e}", loc_of(op.location)) from None
         if len(op.body.blocks) != 1:
             raise FirError(f"function @{op.sym_name.data} must have exactly one block", loc_of(op.location))
         for inner in op.body.walk():

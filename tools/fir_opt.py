@@ -110,7 +110,7 @@ class FirOptMain(xDSLOptMain):
 
     def run_tool(self) -> int:
         """Process the input; return the exit status."""
-        name = self.args.input_file or "<stdin>"
+        name = "<stdin>" if self.args.input_file in (None, "-") else self.args.input_file
         text = read_text(self.args.input_file)
         syntax = self._syntax(name, text)
         chunks = [(text, 0)]

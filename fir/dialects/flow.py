@@ -53,9 +53,15 @@ def to_tt(t: Attribute) -> TT:
     if not isinstance(t, TensorType):
         raise ShapeError(f"expected a tensor type, got {t}")
     try:
-        return tuple(t.get_shape()), dtypes.dtype_name(t.element_type)
+        dt = dtypes.dtype_name(t.element_type)
     except KeyError:
         raise ShapeError(f"unsupported element type {t.element_type}; fir has {', '.join(dtypes.DTYPE_NAMES)}") from None
+    shape = tuple(t.get_shape())
+    if any(d < 0 for d in shape):
+        raise ShapeError("dynamic dimensions ('?') are not supported: fir shapes are static")
+    if si.numel(shape) > dtypes.MAX_ELEMENTS:
+        raise ShapeError(f"tensor of {si.fmt_shape(shape)} has more than {dtypes.MAX_ELEMENTS} elements")
+    return shape, dt
 
 
 def from_tt(tt: TT) -> TensorType:
@@ -114,6 +120,10 @@ class FlowOp(IRDLOperation):
         missing = [n for n in self.FIR_ATTRS if n not in self.properties]
         if missing:
             raise VerifyException(f"missing attribute '{missing[0]}'")
+        extra = [n for n in self.properties if n not in self.FIR_ATTRS] + list(self.attributes)
+        if extra:
+            known = ", ".join(self.FIR_ATTRS) or "none"
+            raise VerifyException(f"unknown attribute '{extra[0]}' (known: {known})")
         ins = self.operand_tts()
         out = to_tt(self.results[0].type)
         inferred = self.infer(ins, self.attr_values(), out)
@@ -530,7 +540,8 @@ class _DenseSpec(AttrSpec):
 
     def format(self, value: Any) -> str:
         arr = np.asarray(value)
-        if arr.size > 0 and np.all(arr == arr.flat[0]):
+        # A splat needs identical elements, not just equal ones: -0.0 == 0.0.
+        if arr.size > 0 and np.all(arr == arr.flat[0]) and np.all(np.signbit(arr) == np.signbit(arr.flat[0])):
             return format_literal(arr.flat[0].item())
         return format_literal(arr.tolist())
 
@@ -594,6 +605,9 @@ def dense_value(value: Any, declared: TT) -> DenseIntOrFPElementsAttr:
     n = si.numel(shape)
     if dtypes.is_float(dt):
         flat = [float(v) for v in arr.reshape(n)]
+        if not all(np.isfinite(flat)):
+            # MLIR prints non-finite dense elements in hex, which xDSL reads back as integers.
+            raise AttrError("must hold finite numbers (make inf or nan with flow.fill)")
         return DenseIntOrFPElementsAttr.from_list(TensorType(Float64Type(), list(shape)), flat)
     if any(isinstance(v, float) for v in arr.reshape(n)):
         raise AttrError(f"holds a float but the result dtype {dt} is an integer type")

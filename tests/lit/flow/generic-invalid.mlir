@@ -101,6 +101,18 @@
 
 // -----
 
+// A constant's value is stored as dense f64 (float results) or i64 (integer results); other storage is rejected
+// rather than converted.
+"builtin.module"() ({
+  "func.func"() <{sym_name = "constant_storage", function_type = () -> tensor<2xf32>}> ({
+    // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:5: error: 'flow.constant' op value must be stored as f64 (float results) or i64 (integer results), not f32
+    %k = "flow.constant"() <{value = dense<[1.5, 2.7]> : tensor<2xf32>}> : () -> tensor<2xf32>
+    "func.return"(%k) : (tensor<2xf32>) -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
 "builtin.module"() ({
   "func.func"() <{sym_name = "unregistered", function_type = (tensor<4xf32>) -> tensor<4xf32>}> ({
   ^bb0(%x: tensor<4xf32>):
@@ -140,11 +152,11 @@
 
 // -----
 
-// The use of an undefined value is reported (its location is checked in bugs/mlir-undefined-value-location.mlir).
+// The use of an undefined value is reported at the use.
 "builtin.module"() ({
   "func.func"() <{sym_name = "undefined", function_type = (tensor<4xf32>) -> tensor<4xf32>}> ({
   ^bb0(%x: tensor<4xf32>):
-    // CHECK: {{.*}}generic-invalid.mlir:{{[0-9]+}}:{{[0-9]+}}: error: values used but not defined: [%z]
+    // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:25: error: use of undefined value %z
     %y = "flow.add"(%x, %z) : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32>
     "func.return"(%y) : (tensor<4xf32>) -> ()
   }) : () -> ()
