@@ -25,7 +25,7 @@ class _IdentityToInput(RewritePattern):
             shape = op.operand_tts()[0][0]
             if any(s != 0 for s in a["start"]) or list(a["limit"]) != list(shape) or any(t != 1 for t in a["stride"]):
                 return
-        rewriter.replace_op(op, [], [op.operands[0]])
+        rewriter.replace(op, [], [op.operands[0]])
 
 
 class _FoldTransposeChain(RewritePattern):
@@ -40,7 +40,7 @@ class _FoldTransposeChain(RewritePattern):
         q = op.attr_values()["perm"]
         new = flow.TransposeOp.make([inner.input], perm=[p[i] for i in q])
         new.location = op.location
-        rewriter.replace_op(op, new)
+        rewriter.replace(op, new)
 
 
 class _FoldReshapeChain(RewritePattern):
@@ -53,7 +53,7 @@ class _FoldReshapeChain(RewritePattern):
             return
         new = flow.ReshapeOp.make([inner.input], op.result.type)
         new.location = op.location
-        rewriter.replace_op(op, new)
+        rewriter.replace(op, new)
 
 
 class _FoldDoubleNeg(RewritePattern):
@@ -63,7 +63,7 @@ class _FoldDoubleNeg(RewritePattern):
     def match_and_rewrite(self, op: flow.NegOp, rewriter: PatternRewriter) -> None:
         inner = op.input.owner
         if isinstance(inner, flow.NegOp):
-            rewriter.replace_op(op, [], [inner.input])
+            rewriter.replace(op, [], [inner.input])
 
 
 _IDENTITY = _IdentityToInput()

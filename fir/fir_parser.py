@@ -175,6 +175,7 @@ class _Builder:
             symbols[str(name_tok)] = name_tok
             funcs.append(self.func(item))
         module = ModuleOp(funcs)
+        module.location = SourceLoc(self.filename, 1 + self.line_offset, 1).to_attr()
         if module_name is not None:
             module.sym_name = StringAttr(module_name)
         return module

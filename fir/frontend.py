@@ -25,6 +25,7 @@ def make_context() -> Context:
     return ctx
 
 
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_$.\-]*")
 _GENERIC_START = re.compile(r'\A(\s|//[^\n]*\n)*("|builtin\.module|#|!)')
 
 
@@ -50,10 +51,35 @@ class _LocatingParser(Parser):
         return op
 
 
+def _check_strings_closed(text: str, filename: str, line_offset: int) -> None:
+    # MLIR strings end on their line; an unclosed one makes xDSL's lexer backtrack exponentially, so catch it first.
+    for i, line in enumerate(text.split("\n")):
+        j, start = 0, None
+        while j < len(line):
+            c = line[j]
+            if start is None and line.startswith("//", j):
+                break
+            if c == '"':
+                start = j if start is None else None
+            elif c == "\\" and start is not None:
+                j += 1
+            j += 1
+        if start is not None:
+            raise FirError("unterminated string", SourceLoc(filename, i + 1 + line_offset, start + 1))
+
+
 def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset: int = 0) -> ModuleOp:
     """Parse MLIR (generic or xDSL custom) text; raise FirError on bad input."""
+    _check_strings_closed(text, filename, line_offset)
+    parser = _LocatingParser(ctx or make_context(), text, filename, line_offset)
     try:
-        return _LocatingParser(ctx or make_context(), text, filename, line_offset).parse_module()
+        module = parser.parse_module()
+        if isinstance(module.location, UnknownLoc):
+            module.location = SourceLoc(filename, 1 + line_offset, 1).to_attr()
+        return module
+    except ValueError as e:  # xDSL validates some names (block labels) with ValueError, not ParseError
+        loc = parser._current_token.span.get_location()
+        raise FirError(str(e.args[0]) if e.args else str(e), SourceLoc(filename, loc.line + line_offset, loc.col)) from None
     except ParseError as e:
         loc = e.span.get_location()
         where = SourceLoc(filename, loc.line + line_offset, loc.col)
@@ -86,22 +112,38 @@ def _check_structure(module: ModuleOp) -> None:
                 raise FirError(f"function @{op.sym_name.data}: {e}", loc_of(op.location)) from None
         if len(op.body.blocks) != 1:
             raise FirError(f"function @{op.sym_name.data} must have exactly one block", loc_of(op.location))
-        for inner in op.body.walk():
-            if inner is op or isinstance(inner, (FlowOp, ReturnOp)):
-                continue
-            raise FirError(f"'{inner.name}' cannot appear in a function body", loc_of(inner.location))
+        if not _SYMBOL.fullmatch(op.sym_name.data):
+            raise FirError(f"function name \"{op.sym_name.data}\" is not a fir symbol ([A-Za-z_][A-Za-z0-9_$.-]*)",
+                           loc_of(op.location))
+        block = op.body.blocks.first
+        assert block is not None
+        defined = set(block.args)
+        for inner in block.ops:
+            if not isinstance(inner, (FlowOp, ReturnOp)) or inner.regions:
+                raise FirError(f"'{inner.name}' cannot appear in a function body", loc_of(inner.location))
+            for i, v in enumerate(inner.operands):
+                if v not in defined:
+                    raise FirError(f"'{inner.name}' op operand {i} is used before it is defined", loc_of(inner.location))
+            defined.update(inner.results)
 
 
 def verify_module(module: ModuleOp) -> None:
     """Run every op's verifier; the first failure becomes a FirError at that op's location."""
-    for op in module.walk():
-        try:
-            op.verify(verify_nested_ops=False)
-        except VerifyException as e:
-            raise FirError(f"'{op.name}' op {e}", loc_of(op.location)) from None
-        except Exception as e:  # a malformed generic op can trip a rule in unexpected ways
-            raise FirError(f"'{op.name}' op is malformed: {e}", loc_of(op.location)) from None
+    # The module and functions first: the structure check and the op verifiers rely on their shape.
+    for op in (module, *module.ops):
+        _verify_op(op)
     _check_structure(module)
+    for op in module.walk():
+        _verify_op(op)
+
+
+def _verify_op(op: Operation) -> None:
+    try:
+        op.verify(verify_nested_ops=False)
+    except VerifyException as e:
+        raise FirError(f"'{op.name}' op {e}", loc_of(op.location)) from None
+    except Exception as e:  # a malformed generic op can trip a rule in unexpected ways
+        raise FirError(f"'{op.name}' op is malformed: {e}", loc_of(op.location)) from None
 
 
 def parse_source(

@@ -6,7 +6,7 @@ import os
 import sys
 import traceback
 
-from fir.diagnostics import FirError
+from fir.diagnostics import FirError, SourceLoc
 
 
 def read_text(path: str | None) -> str:
@@ -24,7 +24,11 @@ def read_text(path: str | None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise FirError(f"'{name}' is not UTF-8 text (byte {e.start})") from None
+        before = data[: e.start]
+        line = before.count(b"\n") + 1
+        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise FirError(f"invalid UTF-8 byte 0x{data[e.start]:02x}: fir sources are UTF-8 text",
+                       SourceLoc(name, line, col)) from None
 
 
 def internal_error(tool: str, e: BaseException) -> int:

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return FirOptMain(argv).run_tool()
     except FirError as e:
-        print(f"fir-opt: {e.render()}", file=sys.stderr)
+        # A located error reads `file:line:col: error: ...`, like every other diagnostic; others name the tool.
+        print(e.render() if e.loc is not None else f"fir-opt: {e.render()}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from fir.diagnostics import FirError
-from fir.dtypes import format_type
+from fir.diagnostics import FirError, loc_of
+from fir.dtypes import format_type, nbytes
 from fir.frontend import parse_source
 from fir.runtime.inputs import load_inputs, random_inputs, result_names, save_outputs
 from fir.runtime.interpreter import find_function, run_function
@@ -57,6 +57,7 @@ def run(argv: list[str] | None = None) -> int:
     name = "<stdin>" if args.input_file == "-" else args.input_file
     text = read_text(args.input_file)
     syntax = args.frontend or ("mlir" if name.endswith(".mlir") else None)
+    func = None
     try:
         module = parse_source(text, name, syntax)
         func = find_function(module, args.entry)
@@ -68,6 +69,15 @@ def run(argv: list[str] | None = None) -> int:
             inputs = random_inputs(func, seed)
             origin = f"random, seed {seed}"
         outputs = run_function(module, func, inputs)
+    except MemoryError:
+        if func is None:
+            err = FirError("out of memory")
+        else:
+            need = sum(nbytes(a.type) for a in func.body.blocks.first.args)  # type: ignore[union-attr]
+            err = FirError(f"out of memory running @{func.sym_name.data} (its inputs alone take {need} bytes)",
+                           loc_of(func.location))
+        print(err.render({name: text}), file=sys.stderr)
+        return 1
     except FirError as e:
         print(e.render({name: text}), file=sys.stderr)
         return 1
@@ -88,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except FirError as e:
-        print(f"fir-run: {e.render()}", file=sys.stderr)
+        # A located error reads `file:line:col: error: ...`, like every other diagnostic; others name the tool.
+        print(e.render() if e.loc is not None else f"fir-run: {e.render()}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0

@@ -126,7 +126,13 @@ class FlowOp(IRDLOperation):
             raise VerifyException(f"unknown attribute '{extra[0]}' (known: {known})")
         ins = self.operand_tts()
         out = to_tt(self.results[0].type)
-        inferred = self.infer(ins, self.attr_values(), out)
+        values = self.attr_values()
+        for name, value in values.items():
+            try:  # the literal must be one the .fir syntax accepts (e.g. a string among its choices)
+                self.attr_from_literal(name, value, out)
+            except AttrError as e:
+                raise VerifyException(f"attribute '{name}' {e}") from None
+        inferred = self.infer(ins, values, out)
         if inferred != out:
             raise ShapeError(f"result type {fmt_tt(out)} does not match the inferred type {fmt_tt(inferred)}")
 

@@ -55,7 +55,11 @@ def _coerce(name: str, arr: np.ndarray, t: TensorType) -> np.ndarray:
 def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
     """Read an .npz with one array per argument name; every mismatch is a FirError naming the input."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise FirError(f"cannot read inputs '{path}': a .npy array, not an .npz archive of named arrays "
+                           "(write one with numpy.savez)")
+        with loaded as npz:
             data = {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise FirError(f"cannot read inputs '{path}': no such file") from None

@@ -12,7 +12,7 @@ from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, register_i
 from xdsl.interpreters.func import FuncFunctions
 
 from fir import dtypes
-from fir.diagnostics import FirError, loc_of
+from fir.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.flow import FLOW_OPS, FlowOp, to_tt
 from fir.runtime.reference import KernelError, evaluate
 
@@ -39,6 +39,12 @@ FlowFunctions = register_impls(
 )
 
 
+def start_of(module: ModuleOp) -> SourceLoc | None:
+    """The start of the file a module was read from (the module op's own location is the best guess)."""
+    loc = loc_of(module.location)
+    return SourceLoc(loc.filename, 1, 1) if loc is not None else None
+
+
 def find_function(module: ModuleOp, name: str | None) -> FuncOp:
     """The entry function: `name` if given, else the only function, else @main."""
     funcs = [op for op in module.ops if isinstance(op, FuncOp)]
@@ -55,8 +61,9 @@ def find_function(module: ModuleOp, name: str | None) -> FuncOp:
         if f.sym_name.data == "main":
             return f
     if not funcs:
-        raise FirError("the program has no function to run")
-    raise FirError(f"the program has several functions ({', '.join('@' + n for n in names)}); choose one with --entry")
+        raise FirError("the program has no function to run", start_of(module))
+    raise FirError(f"the program has several functions ({', '.join('@' + n for n in names)}) and none is "
+                   "@main; choose one with --entry", loc_of(funcs[1].location))
 
 
 def run_function(module: ModuleOp, func: FuncOp, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
