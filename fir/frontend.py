@@ -71,15 +71,19 @@ def _check_strings_closed(text: str, filename: str, line_offset: int) -> None:
 def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset: int = 0) -> ModuleOp:
     """Parse MLIR (generic or xDSL custom) text; raise FirError on bad input."""
     _check_strings_closed(text, filename, line_offset)
-    parser = _LocatingParser(ctx or make_context(), text, filename, line_offset)
+    parser: _LocatingParser | None = None
     try:
+        parser = _LocatingParser(ctx or make_context(), text, filename, line_offset)
         module = parser.parse_module()
         if isinstance(module.location, UnknownLoc):
             module.location = SourceLoc(filename, 1 + line_offset, 1).to_attr()
         return module
     except ValueError as e:  # xDSL validates some names (block labels) with ValueError, not ParseError
-        loc = parser._current_token.span.get_location()
-        raise FirError(str(e.args[0]) if e.args else str(e), SourceLoc(filename, loc.line + line_offset, loc.col)) from None
+        where = SourceLoc(filename, 1 + line_offset, 1)
+        if parser is not None:
+            loc = parser._current_token.span.get_location()
+            where = SourceLoc(filename, loc.line + line_offset, loc.col)
+        raise FirError(str(e.args[0]) if e.args else str(e), where) from None
     except ParseError as e:
         loc = e.span.get_location()
         where = SourceLoc(filename, loc.line + line_offset, loc.col)
@@ -130,6 +134,8 @@ def _check_structure(module: ModuleOp) -> None:
 def verify_module(module: ModuleOp) -> None:
     """Run every op's verifier; the first failure becomes a FirError at that op's location."""
     # The module and functions first: the structure check and the op verifiers rely on their shape.
+    if len(module.body.blocks) != 1:
+        raise FirError("a module must have exactly one block", loc_of(module.location))
     for op in (module, *module.ops):
         _verify_op(op)
     _check_structure(module)

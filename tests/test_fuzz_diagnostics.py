@@ -6,8 +6,7 @@ FirError with a location; a sample of mutants also goes through `fir-opt` and `f
 must exit with 0 or 1 and, on 1, start stderr with `file:line:col: error:`. The tools' argument and .npz input
 handling is tested as well.
 
-Bugs found by these tests are pinned by the `xfail(strict=True)` reproducers at the end; while they stand, the
-random tests tolerate exactly their symptoms (KNOWN_BUGS), so remove an entry there together with its marker.
+The bugs these tests found are pinned as regression tests by their reduced reproducers at the end of the file.
 """
 
 from __future__ import annotations
@@ -103,7 +102,9 @@ module @two {
 func.func @odd(%s: tensor<f32>,
                %v: tensor<5xf32>) -> tensor<2x5xf32>
 {
-  %big = flow.constant {value = [[1, 2, 3, 4, 5], [-1.5, 2.5e2, nan, inf, -0.0]]} : tensor<2x5xf32>
+  %big = flow.constant {value = [[1, 2, 3, 4, 5], [-1.5, 2.5e2, 16, 1e-3, -0.0]]} : tensor<2x5xf32>
+  %nan = flow.fill {value = nan} : tensor<5xf32>
+  %inf = flow.fill {value = -inf} : tensor<2x1xf32>
   %three = flow.fill {value = 3} : tensor<2x5xi32>
   %f = flow.cast %three : tensor<2x5xf32>
   %bv = flow.broadcast_to %v : tensor<2x5xf32>
@@ -118,6 +119,7 @@ func.func @odd(%s: tensor<f32>,
   %h16 = flow.cast %sg : tensor<2x5xf16>
   %back = flow.cast %h16 : tensor<2x5xf32>
   %out = flow.add %back, %big
+  %odd = flow.max %nan, %inf
   func.return %out
 }
 """,
@@ -236,25 +238,11 @@ def check_parse(name: str, text: str, what: str) -> None:
         return
     except Exception as e:  # noqa: BLE001 - any other exception is the failure under test
         pytest.fail(f"{type(e).__name__}: {e}\n{shown}")
-    if uses_before_definition(module):
-        return  # the known bug pinned by test_mlir_use_before_definition_is_an_error
     try:
         printed = print_fir(module)
         parse_source(printed, "<printed>")
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"the parsed mutant does not print and read back: {type(e).__name__}: {e}\n{shown}")
-
-
-def uses_before_definition(module) -> bool:
-    """True when an op uses a value that no earlier op (or block argument) defines."""
-    for func in module.ops:
-        for block in func.regions[0].blocks if func.regions else ():
-            defined = set(block.args)
-            for op in block.ops:
-                if any(v not in defined for v in op.operands):
-                    return True
-                defined.update(op.results)
-    return False
 
 
 @pytest.mark.parametrize("name,data", CORPUS, ids=[n for n, _ in CORPUS])
@@ -301,31 +289,8 @@ def run_tools(cmds: list[list[str]], cwd: Path) -> list[subprocess.CompletedProc
         return [f.result() for f in futures]
 
 
-# Symptoms of the bugs pinned by the xfail tests below; the random tests accept them while the bugs stand.
-KNOWN_BUGS = {
-    # fir-run's "which function" errors carry no location (test_fir_run_no_function_error_is_located).
-    "unlocated-entry": re.compile(r"^error: the program has (no function to run|several functions)"),
-    # A source that is not UTF-8 is reported without a location (test_invalid_utf8_error_is_located).
-    "unlocated-utf8": re.compile(r"^fir-(opt|run): error: '.*' is not UTF-8 text"),
-    # MLIR input that uses a value before its definition is accepted, then the tools crash
-    # (test_mlir_use_before_definition_is_an_error).
-    "use-before-def": re.compile(r"internal error: KeyError: .*(OpResult|BlockArgument)"),
-    # A dimension beyond int64 parses, and fir-run then crashes (test_fir_run_huge_dimension_is_an_error).
-    "huge-dim": re.compile(r"internal error: (ValueError: Maximum allowed dimension exceeded|MemoryError)"),
-}
-
-
-def known_bug(stderr: str) -> str | None:
-    for bug, pattern in KNOWN_BUGS.items():
-        if pattern.search(stderr):
-            return bug
-    return None
-
-
 def check_tool_result(tool: str, path: Path, proc: subprocess.CompletedProcess, shown: str) -> None:
     what = f"{tool} exited {proc.returncode}\nstderr:\n{proc.stderr}\n{shown}"
-    if known_bug(proc.stderr):
-        return
     assert proc.returncode in (0, 1), what
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, what
     if proc.returncode == 1:
@@ -333,7 +298,7 @@ def check_tool_result(tool: str, path: Path, proc: subprocess.CompletedProcess, 
         assert re.match(LOCATED.format(re.escape(str(path))), first), what
 
 
-# Small numbers only: a valid program with a dimension of 2**31 would make fir-run allocate gigabytes.
+# Small numbers only: a valid program with a dimension of 2**31 would make fir-run really allocate gigabytes.
 CLI_NUMBERS = [b"0", b"1", b"-1", b"2", b"3", b"7", b"-0.0", b"1.5", b"1e400", b"nan", b"99999999999999999999"]
 
 
@@ -530,10 +495,11 @@ def test_fir_opt_failure_leaves_no_output(tmp_path: Path, capsys):
     assert not out.exists()
 
 
-# ----------------------------------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(strict=True, reason="bug: fir-run crashes (internal error, exit 3) on an --inputs file that is "
-                                       "a plain .npy array: np.load returns an ndarray, used as a context manager")
+# ----------------------------------------------------------------------------------------------- regressions
+# Reduced reproducers of the bugs these tests found (each exited 3 with an internal error, hung, printed
+# unparseable .fir, or gave an error without a location).
 def test_npy_file_as_inputs_is_an_error(program: Path, tmp_path: Path, capsys):
+    """fir-run --inputs x.npy: np.load returns an ndarray, which was used as a context manager (TypeError)."""
     npy = tmp_path / "inputs.npy"
     np.save(npy, np.zeros(3, np.float32))
     rc = fir_run.main([str(program), "--inputs", str(npy)])
@@ -541,9 +507,8 @@ def test_npy_file_as_inputs_is_an_error(program: Path, tmp_path: Path, capsys):
     assert rc == 1 and err.startswith("error: ") and str(npy) in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a dimension beyond int64 (tensor<100000000000000000000xf32>) parses, "
-                                       "and fir-run then crashes with an internal error (exit 3)")
-def test_fir_run_huge_dimension_is_an_error(tmp_path: Path, capsys):
+def test_huge_dimension_is_a_located_error(tmp_path: Path, capsys):
+    """A dimension beyond int64 parsed, and fir-run then crashed (ValueError: Maximum allowed dimension)."""
     p = tmp_path / "huge.fir"
     p.write_text("func.func @f(%a: tensor<100000000000000000000xf32>) {\n  func.return %a\n}\n")
     rc = fir_run.main([str(p)])
@@ -551,21 +516,40 @@ def test_fir_run_huge_dimension_is_an_error(tmp_path: Path, capsys):
     assert rc == 1 and re.match(LOCATED.format(re.escape(str(p))), err), err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: fir-run's 'no function to run' error has no file:line:col location")
-def test_fir_run_no_function_error_is_located(tmp_path: Path, capsys):
-    p = tmp_path / "empty.fir"
-    p.write_text("// nothing here\n")
+def test_fir_run_huge_tensor_is_an_error(tmp_path: Path, capsys):
+    """Inputs too large to allocate (2**47 elements, under the parser's limit) crashed fir-run (MemoryError)."""
+    p = tmp_path / "huge.fir"
+    # 2**47 float64 random values: 1 PiB, so the allocation fails at once (it cannot half-succeed).
+    p.write_text("func.func @f(%a: tensor<140737488355328xf32>) {\n  func.return %a\n}\n")
     rc = fir_run.main([str(p)])
     err = capsys.readouterr().err
     assert rc == 1 and re.match(LOCATED.format(re.escape(str(p))), err), err
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a source that is not UTF-8 is reported as `fir-opt: error: ...` "
-                                       "without a file:line:col location (the byte offset is known)")
-def test_invalid_utf8_error_is_located(tmp_path: Path, capsys):
+@pytest.mark.parametrize("text", ["// nothing here\n", "", "module @m {\n}\n"])
+def test_fir_run_no_function_error_is_located(tmp_path: Path, capsys, text: str):
+    """fir-run's 'no function to run' had no file:line:col."""
+    p = tmp_path / "empty.fir"
+    p.write_text(text)
+    rc = fir_run.main([str(p)])
+    err = capsys.readouterr().err
+    assert rc == 1 and re.match(LOCATED.format(re.escape(str(p))), err), err
+
+
+def test_fir_run_several_functions_error_is_located(tmp_path: Path, capsys):
+    p = tmp_path / "two.fir"
+    p.write_text(INLINE["inline_module.fir"].replace("@main", "@other"))
+    rc = fir_run.main([str(p)])
+    err = capsys.readouterr().err
+    assert rc == 1 and re.match(LOCATED.format(re.escape(str(p))), err) and "--entry" in err, err
+
+
+@pytest.mark.parametrize("main", [fir_opt.main, fir_run.main], ids=["fir-opt", "fir-run"])
+def test_invalid_utf8_error_is_located(tmp_path: Path, capsys, main):
+    """A source that is not UTF-8 was reported as `fir-opt: error: ...` without file:line:col."""
     p = tmp_path / "latin1.fir"
     p.write_bytes(b"// caf\xe9\nfunc.func @f(%a: tensor<f32>) {\n  func.return %a\n}\n")
-    rc = fir_opt.main([str(p)])
+    rc = main([str(p)])
     err = capsys.readouterr().err
     assert rc == 1 and re.match(LOCATED.format(re.escape(str(p))), err), err
 
@@ -579,10 +563,9 @@ USE_BEFORE_DEF = """\
 """
 
 
-@pytest.mark.xfail(strict=True, reason="bug: MLIR input whose op uses a value before its definition (here its own "
-                                       "result) passes parse_source/verify_module; fir-opt and fir-run then crash "
-                                       "with an internal error (KeyError, exit 3)")
 def test_mlir_use_before_definition_is_an_error(tmp_path: Path, capsys):
+    """MLIR input whose op uses a value before its definition (here its own result) passed verify_module;
+    fir-opt and fir-run then crashed with KeyError."""
     with pytest.raises(FirError) as exc:
         parse_source(USE_BEFORE_DEF, "self.mlir", "mlir")
     assert exc.value.loc is not None
@@ -592,3 +575,68 @@ def test_mlir_use_before_definition_is_an_error(tmp_path: Path, capsys):
         rc = main([str(p)])
         err = capsys.readouterr().err
         assert rc == 1 and re.match(LOCATED.format(re.escape(str(p))), err), err
+
+
+def test_numeric_block_label_is_an_error():
+    """A block label that is a number (^0) escaped parse_source as a ValueError from xDSL."""
+    text = ('"func.func"() <{sym_name = "f", function_type = (tensor<f32>) -> tensor<f32>}> ({\n'
+            '^0(%a: tensor<f32>):\n  "func.return"(%a) : (tensor<f32>) -> ()\n}) : () -> ()\n')
+    with pytest.raises(FirError) as exc:
+        parse_source(text, "label.mlir", "mlir")
+    assert exc.value.loc is not None
+
+
+def test_unterminated_mlir_string_does_not_hang(tmp_path: Path):
+    """An MLIR string literal that does not close took exponential time in xDSL's lexer (its regex
+    `"(?:[^"...]+|...)*"` backtracks): a 42-byte file hung fir-opt. Run in a subprocess, so a hang is a timeout."""
+    p = tmp_path / "quote.mlir"
+    p.write_text('"' + "a" * 40 + "\n")
+    proc = subprocess.run(tool_cmd("fir-opt") + [str(p)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and re.match(LOCATED.format(re.escape(str(p))), proc.stderr), proc.stderr
+
+
+def _fir_opt_output_reads_back(tmp_path: Path, capsys, mlir: str) -> None:
+    src, out = tmp_path / "in.mlir", tmp_path / "out.fir"
+    src.write_text(mlir)
+    rc = fir_opt.main([str(src), "-o", str(out)])
+    err = capsys.readouterr().err
+    if rc == 1:  # rejecting the input (with a location) is a fix too
+        assert re.match(LOCATED.format(re.escape(str(src))), err), err
+        return
+    assert rc == 0, err
+    parse_source(out.read_text(), str(out))
+
+
+def test_mlir_bad_string_attribute_prints_back(tmp_path: Path, capsys):
+    """MLIR input with a string attribute outside its choices verified; fir-opt printed .fir it then rejected."""
+    _fir_opt_output_reads_back(tmp_path, capsys, """\
+"func.func"() <{sym_name = "f", function_type = (tensor<2xf32>) -> tensor<2xf32>}> ({
+^bb0(%a: tensor<2xf32>):
+  %b = "flow.gelu"(%a) <{approximate = "bogus"}> : (tensor<2xf32>) -> tensor<2xf32>
+  "func.return"(%b) : (tensor<2xf32>) -> ()
+}) : () -> ()
+""")
+
+
+def test_mlir_odd_function_name_prints_back(tmp_path: Path, capsys):
+    """An MLIR function name that is no .fir symbol (sym_name = "a b") printed as `func.func @a b(...)`."""
+    _fir_opt_output_reads_back(tmp_path, capsys, """\
+"func.func"() <{sym_name = "a b", function_type = (tensor<f32>) -> tensor<f32>}> ({
+^bb0(%a: tensor<f32>):
+  "func.return"(%a) : (tensor<f32>) -> ()
+}) : () -> ()
+""")
+
+
+def test_mlir_leading_bad_character_is_an_error():
+    with pytest.raises(FirError) as e:
+        parse_source("\x00", "nul.mlir", "mlir")
+    assert e.value.loc is not None
+
+
+@pytest.mark.parametrize("text", ['"builtin.module"() ({\n}) : () -> ()\n',
+                                  '"builtin.module"() ({\n^bb0:\n^bb1:\n}) : () -> ()\n'], ids=["no-block", "two-blocks"])
+def test_mlir_module_without_one_block_is_an_error(text: str):
+    with pytest.raises(FirError) as e:
+        parse_source(text, "blocks.mlir", "mlir")
+    assert e.value.loc is not None
