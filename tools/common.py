@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 from fir.diagnostics import FirError, SourceLoc
 
@@ -38,3 +39,17 @@ def internal_error(tool: str, e: BaseException) -> int:
     print(f"{tool}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
     print(f"{tool}: this is a bug in fir; set FIR_DEBUG=1 for a traceback and please report it", file=sys.stderr)
     return 3
+
+
+def guarded_main(tool: str, body: Callable[[], int]) -> int:
+    """Run a tool's body, turning every error into a message and an exit status (never a traceback)."""
+    try:
+        return body()
+    except FirError as e:
+        # A located error reads `file:line:col: error: ...`, like every other diagnostic; others name the tool.
+        print(e.render() if e.loc is not None else f"{tool}: {e.render()}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        return internal_error(tool, e)

@@ -23,7 +23,7 @@ from fir.dialects.flow import Flow
 from fir.fir_printer import print_fir
 from fir.frontend import parse_source, verify_module
 from fir.passes import available_passes
-from fir_tools.common import internal_error, read_text
+from fir_tools.common import guarded_main, read_text
 
 SPLIT_MARKER = "// -----"
 
@@ -149,16 +149,7 @@ class FirOptMain(xDSLOptMain):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fir-opt command."""
-    try:
-        return FirOptMain(argv).run_tool()
-    except FirError as e:
-        # A located error reads `file:line:col: error: ...`, like every other diagnostic; others name the tool.
-        print(e.render() if e.loc is not None else f"fir-opt: {e.render()}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-    except Exception as e:
-        return internal_error("fir-opt", e)
+    return guarded_main("fir-opt", lambda: FirOptMain(argv).run_tool())
 
 
 if __name__ == "__main__":

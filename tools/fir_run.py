@@ -12,7 +12,7 @@ from fir.dtypes import format_type, nbytes
 from fir.frontend import parse_source
 from fir.runtime.inputs import load_inputs, random_inputs, result_names, save_outputs
 from fir.runtime.interpreter import find_function, run_function
-from fir_tools.common import internal_error, read_text
+from fir_tools.common import guarded_main, read_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,16 +95,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fir-run command."""
-    try:
-        return run(argv)
-    except FirError as e:
-        # A located error reads `file:line:col: error: ...`, like every other diagnostic; others name the tool.
-        print(e.render() if e.loc is not None else f"fir-run: {e.render()}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-    except Exception as e:
-        return internal_error("fir-run", e)
+    return guarded_main("fir-run", lambda: run(argv))
 
 
 if __name__ == "__main__":

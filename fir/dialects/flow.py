@@ -426,6 +426,15 @@ class TransposeOp(FlowOp):
         return si.transpose_shape(ins[0][0], attrs["perm"]), ins[0][1]
 
 
+def _declared_with_operand_dtype(op: str, ins: list[TT], declared: TT | None) -> TT:
+    """The written result type of a shape-changing op, which must keep the operand's dtype."""
+    if declared is None:
+        raise ShapeError(f"{op} needs a result type, e.g. `: tensor<8x16xf32>`")
+    if declared[1] != ins[0][1]:
+        raise ShapeError(f"{op} keeps the dtype: operand is {ins[0][1]}, result is {declared[1]}")
+    return declared
+
+
 @irdl_op_definition
 class ReshapeOp(FlowOp):
     """Same elements in row-major order, new shape (the result type)."""
@@ -438,10 +447,7 @@ class ReshapeOp(FlowOp):
 
     @classmethod
     def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
-        if declared is None:
-            raise ShapeError("flow.reshape needs a result type, e.g. `: tensor<8x16xf32>`")
-        if declared[1] != ins[0][1]:
-            raise ShapeError(f"reshape keeps the dtype: operand is {ins[0][1]}, result is {declared[1]}")
+        declared = _declared_with_operand_dtype(cls.name, ins, declared)
         si.check_reshape(ins[0][0], declared[0])
         return declared
 
@@ -458,10 +464,7 @@ class BroadcastToOp(FlowOp):
 
     @classmethod
     def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
-        if declared is None:
-            raise ShapeError("flow.broadcast_to needs a result type, e.g. `: tensor<8x16xf32>`")
-        if declared[1] != ins[0][1]:
-            raise ShapeError(f"broadcast_to keeps the dtype: operand is {ins[0][1]}, result is {declared[1]}")
+        declared = _declared_with_operand_dtype(cls.name, ins, declared)
         si.check_broadcast_to(ins[0][0], declared[0])
         return declared
 

@@ -134,41 +134,21 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- unary
-def _neg(ins, attrs, shape, dtype):
-    """-x (integers wrap)."""
-    (x,) = ins
-    return _round(np.negative(_work(x)), x.dtype)
+def _unary(fn: Callable[[np.ndarray], np.ndarray], doc: str) -> Kernel:
+    def kernel(ins, attrs, shape, dtype):
+        (x,) = ins
+        return _round(fn(_work(x)), x.dtype)
+
+    kernel.__doc__ = doc
+    return kernel
 
 
-def _exp(ins, attrs, shape, dtype):
-    """e^x."""
-    (x,) = ins
-    return _round(np.exp(_work(x)), x.dtype)
-
-
-def _log(ins, attrs, shape, dtype):
-    """Natural logarithm."""
-    (x,) = ins
-    return _round(np.log(_work(x)), x.dtype)
-
-
-def _sqrt(ins, attrs, shape, dtype):
-    """Square root."""
-    (x,) = ins
-    return _round(np.sqrt(_work(x)), x.dtype)
-
-
-def _rsqrt(ins, attrs, shape, dtype):
-    """1 / sqrt(x)."""
-    (x,) = ins
-    w = _work(x)
-    return _round(np.reciprocal(np.sqrt(w)), x.dtype)
-
-
-def _tanh(ins, attrs, shape, dtype):
-    """Hyperbolic tangent."""
-    (x,) = ins
-    return _round(np.tanh(_work(x)), x.dtype)
+_neg = _unary(np.negative, "-x (integers wrap).")
+_exp = _unary(np.exp, "e^x.")
+_log = _unary(np.log, "Natural logarithm.")
+_sqrt = _unary(np.sqrt, "Square root.")
+_rsqrt = _unary(lambda w: np.reciprocal(np.sqrt(w)), "1 / sqrt(x).")
+_tanh = _unary(np.tanh, "Hyperbolic tangent.")
 
 
 def _relu(ins, attrs, shape, dtype):
