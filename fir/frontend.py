@@ -78,7 +78,9 @@ def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset
         if isinstance(module.location, UnknownLoc):
             module.location = SourceLoc(filename, 1 + line_offset, 1).to_attr()
         return module
-    except ValueError as e:  # xDSL validates some names (block labels) with ValueError, not ParseError
+    except (ValueError, VerifyException) as e:
+        # xDSL checks some things while parsing without a ParseError: names (ValueError), attributes it builds
+        # (VerifyException, e.g. `1 : i0`). Report them where the parser stopped.
         where = SourceLoc(filename, 1 + line_offset, 1)
         if parser is not None:
             loc = parser._current_token.span.get_location()

@@ -447,7 +447,7 @@ def test_bad_npz_inputs(kind: str, program: Path, tmp_path: Path, capsys):
     rc = fir_run.main([str(program), "--inputs", str(inputs), "--output", str(out)])
     err = capsys.readouterr().err
     assert rc == 1, err
-    assert re.match(r"^(fir-run: )?error: ", err) and named in err.splitlines()[0], err
+    assert err.startswith("fir-run: error: ") and named in err.splitlines()[0], err
     assert "Traceback" not in err and "internal error" not in err, err
     assert not out.exists() and sorted(os.listdir(tmp_path)) == before, "an output file was left behind"
 
@@ -469,7 +469,7 @@ def test_bad_npz_subprocess(program: Path, tmp_path: Path):
                       tool_cmd("fir-run") + [str(program), "--inputs", str(shaped), "--output", str(out2)]], tmp_path)
     for proc, word in ((a, "'w'"), (b, "'x'")):
         assert proc.returncode == 1, proc.stderr
-        assert proc.stderr.startswith("error: ") and word in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("fir-run: error: ") and word in proc.stderr and "Traceback" not in proc.stderr
     assert not out1.exists() and not out2.exists()
 
 
@@ -504,7 +504,7 @@ def test_npy_file_as_inputs_is_an_error(program: Path, tmp_path: Path, capsys):
     np.save(npy, np.zeros(3, np.float32))
     rc = fir_run.main([str(program), "--inputs", str(npy)])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("error: ") and str(npy) in err, err
+    assert rc == 1 and err.startswith("fir-run: error: ") and str(npy) in err, err
 
 
 def test_huge_dimension_is_a_located_error(tmp_path: Path, capsys):
@@ -640,3 +640,12 @@ def test_mlir_module_without_one_block_is_an_error(text: str):
     with pytest.raises(FirError) as e:
         parse_source(text, "blocks.mlir", "mlir")
     assert e.value.loc is not None
+
+
+def test_attribute_rejected_while_parsing_mlir_is_located():
+    """xDSL verifies `1 : i0` while parsing and raised VerifyException out of parse_source."""
+    text = '"builtin.module"() ({\n  %e = "flow.iota"() <{axis = 1 : i0}> : () -> tensor<3xi32>\n}) : () -> ()\n'
+    with pytest.raises(FirError) as e:
+        parse_source(text, "i0.mlir", "mlir")
+    assert (e.value.loc.line, e.value.loc.col) == (2, 37)
+    assert "out of range for type i0" in e.value.message

@@ -41,13 +41,17 @@ def internal_error(tool: str, e: BaseException) -> int:
     return 3
 
 
+def report(tool: str, e: FirError, sources: dict[str, str] | None = None) -> None:
+    """Print a diagnostic on stderr: a located one reads `file:line:col: error: ...`, others name the tool."""
+    print(e.render(sources) if e.loc is not None else f"{tool}: {e.render()}", file=sys.stderr)
+
+
 def guarded_main(tool: str, body: Callable[[], int]) -> int:
     """Run a tool's body, turning every error into a message and an exit status (never a traceback)."""
     try:
         return body()
     except FirError as e:
-        # A located error reads `file:line:col: error: ...`, like every other diagnostic; others name the tool.
-        print(e.render() if e.loc is not None else f"{tool}: {e.render()}", file=sys.stderr)
+        report(tool, e)
         return 1
     except BrokenPipeError:
         return 0

@@ -23,7 +23,7 @@ from fir.dialects.flow import Flow
 from fir.fir_printer import print_fir
 from fir.frontend import parse_source, verify_module
 from fir.passes import available_passes
-from fir_tools.common import guarded_main, read_text
+from fir_tools.common import guarded_main, read_text, report
 
 SPLIT_MARKER = "// -----"
 
@@ -131,11 +131,10 @@ class FirOptMain(xDSLOptMain):
                     raise FirError(str(e).split("\n")[0]) from None
                 out.write(self.output_resulting_program(module))
             except FirError as e:
-                rendered = e.render({name: text})
                 if not self.args.verify_diagnostics:
-                    print(rendered, file=sys.stderr)
+                    report("fir-opt", e, {name: text})
                     return 1
-                out.write(rendered + "\n")
+                out.write(e.render({name: text}) + "\n")
         if self.args.output_file:
             try:
                 with open(self.args.output_file, "w", encoding="utf-8") as f:

@@ -6,13 +6,15 @@ import argparse
 import sys
 
 import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.func import FuncOp
 
 from fir.diagnostics import FirError, loc_of
 from fir.dtypes import format_type, nbytes
 from fir.frontend import parse_source
 from fir.runtime.inputs import load_inputs, random_inputs, result_names, save_outputs
 from fir.runtime.interpreter import find_function, run_function
-from fir_tools.common import guarded_main, read_text
+from fir_tools.common import guarded_main, read_text, report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,16 +53,9 @@ def summarize(name: str, t: str, value: np.ndarray) -> str:
     return f"{head}\n    {stats}\n    [{shown}{more}]"
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the program, print and save its outputs; return the exit status."""
-    args = _parser().parse_args(argv)
-    name = "<stdin>" if args.input_file == "-" else args.input_file
-    text = read_text(args.input_file)
-    syntax = args.frontend or ("mlir" if name.endswith(".mlir") else None)
-    func = None
+def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
+    """Make the inputs and run `func`; returns (inputs, where they came from, outputs)."""
     try:
-        module = parse_source(text, name, syntax)
-        func = find_function(module, args.entry)
         if args.inputs:
             inputs = load_inputs(args.inputs, func)
             origin = f"from {args.inputs}"
@@ -68,18 +63,25 @@ def run(argv: list[str] | None = None) -> int:
             seed = 0 if args.seed is None else args.seed
             inputs = random_inputs(func, seed)
             origin = f"random, seed {seed}"
-        outputs = run_function(module, func, inputs)
+        return inputs, origin, run_function(module, func, inputs)
     except MemoryError:
-        if func is None:
-            err = FirError("out of memory")
-        else:
-            need = sum(nbytes(a.type) for a in func.body.blocks.first.args)  # type: ignore[union-attr]
-            err = FirError(f"out of memory running @{func.sym_name.data} (its inputs alone take {need} bytes)",
-                           loc_of(func.location))
-        print(err.render({name: text}), file=sys.stderr)
-        return 1
+        need = sum(nbytes(a.type) for a in func.body.blocks.first.args)  # type: ignore[union-attr]
+        raise FirError(f"out of memory running @{func.sym_name.data} (its inputs alone take {need} bytes)",
+                       loc_of(func.location)) from None
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the program, print and save its outputs; return the exit status."""
+    args = _parser().parse_args(argv)
+    name = "<stdin>" if args.input_file == "-" else args.input_file
+    text = read_text(args.input_file)
+    syntax = args.frontend or ("mlir" if name.endswith(".mlir") else None)
+    try:
+        module = parse_source(text, name, syntax)
+        func = find_function(module, args.entry)
+        inputs, origin, outputs = _execute(module, func, args)
     except FirError as e:
-        print(e.render({name: text}), file=sys.stderr)
+        report("fir-run", e, {name: text})
         return 1
     names = result_names(func)
     if args.output:
