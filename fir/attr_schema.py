@@ -29,6 +29,8 @@ class AttrError(Exception):
 
 
 REQUIRED = object()
+# The default of an attribute that may be absent (it then has no value at all).
+OPTIONAL = object()
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def _bool_attr(v: bool) -> Attribute:
 
 @dataclass(frozen=True)
 class AttrSpec:
-    """Base of the attribute kinds; `default` is REQUIRED when the attribute must be written."""
+    """Base of the attribute kinds; `default` is REQUIRED when the attribute must be written, OPTIONAL when it
+    may be absent."""
 
     default: Any = REQUIRED
     doc: str = ""
@@ -133,6 +136,11 @@ class AttrSpec:
     def required(self) -> bool:
         """True when the attribute has no default."""
         return self.default is REQUIRED
+
+    @property
+    def optional(self) -> bool:
+        """True when the attribute may be absent."""
+        return self.default is OPTIONAL
 
     def to_attr(self, value: Any) -> Attribute:
         """Convert a parsed literal to an xDSL attribute; raise AttrError if it does not fit."""

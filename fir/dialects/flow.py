@@ -39,39 +39,13 @@ from fir.attr_schema import (
     format_literal,
 )
 from fir.shape_inference import ShapeError
-
-# (shape, dtype name): the view of a tensor type that shape rules work on.
-TT = tuple[tuple[int, ...], str]
+from fir.dialects import sbp as sbp_dialect
+from fir.dialects.base import TT, FirOp, fmt_tt, from_tt, to_tt
+from fir.sbp import Split
 
 FLOATS = ("f32", "f16", "bf16")
 NUMERIC = ("f32", "f16", "bf16", "i32", "i64")
 INTS = ("i32", "i64")
-
-
-def to_tt(t: Attribute) -> TT:
-    """(shape, dtype) of a tensor type; raise ShapeError for anything else."""
-    if not isinstance(t, TensorType):
-        raise ShapeError(f"expected a tensor type, got {t}")
-    try:
-        dt = dtypes.dtype_name(t.element_type)
-    except KeyError:
-        raise ShapeError(f"unsupported element type {t.element_type}; fir has {', '.join(dtypes.DTYPE_NAMES)}") from None
-    shape = tuple(t.get_shape())
-    if any(d < 0 for d in shape):
-        raise ShapeError("dynamic dimensions ('?') are not supported: fir shapes are static")
-    if si.numel(shape) > dtypes.MAX_ELEMENTS:
-        raise ShapeError(f"tensor of {si.fmt_shape(shape)} has more than {dtypes.MAX_ELEMENTS} elements")
-    return shape, dt
-
-
-def from_tt(tt: TT) -> TensorType:
-    """Tensor type from (shape, dtype)."""
-    return dtypes.tensor_type(tt[0], tt[1])
-
-
-def fmt_tt(tt: TT) -> str:
-    """A (shape, dtype) pair printed as a tensor type."""
-    return dtypes.format_type(from_tt(tt))
 
 
 def _check_int_range(v: int, dt: str) -> None:
@@ -85,84 +59,35 @@ def _check_dtype(op: str, what: str, dt: str, allowed: Sequence[str]) -> None:
         raise ShapeError(f"{op} does not accept {what} of dtype {dt} (allowed: {', '.join(allowed)})")
 
 
-class FlowOp(IRDLOperation):
-    """Base of all flow ops: attribute schema, shape/dtype inference and the verifier built on it."""
+class FlowOp(FirOp):
+    """Base of the flow ops; besides their own attributes they may carry placement and SBP annotations."""
 
-    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {}
-    # Ops whose result type cannot be inferred (reshape, cast, constants) must be written with one.
-    NEEDS_RESULT_TYPE: ClassVar[bool] = False
-
-    @classmethod
-    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
-        """Result (shape, dtype) from operand types, attribute values and the declared type (if any)."""
-        raise NotImplementedError
-
-    @classmethod
-    def default_attr(cls, name: str, ins: list[TT]) -> Any:
-        """The default value of an optional attribute, which may depend on the operand types."""
-        d = cls.FIR_ATTRS[name].default
-        return d(ins) if callable(d) else d
-
-    @classmethod
-    def attr_from_literal(cls, name: str, value: Any, declared: TT | None) -> Attribute:
-        """Convert a parsed literal for attribute `name`; raise AttrError if it does not fit."""
-        return cls.FIR_ATTRS[name].to_attr(value)
-
-    def attr_values(self) -> dict[str, Any]:
-        """The op's attributes as Python values."""
-        return {n: spec.to_python(self.properties[n]) for n, spec in self.FIR_ATTRS.items() if n in self.properties}
-
-    def operand_tts(self) -> list[TT]:
-        """(shape, dtype) of each operand."""
-        return [to_tt(o.type) for o in self.operands]
+    DISCARDABLE: ClassVar[frozenset[str]] = frozenset(sbp_dialect.OP_ATTRS)
 
     def verify_(self) -> None:
-        missing = [n for n in self.FIR_ATTRS if n not in self.properties]
-        if missing:
-            raise VerifyException(f"missing attribute '{missing[0]}'")
-        extra = [n for n in self.properties if n not in self.FIR_ATTRS] + list(self.attributes)
-        if extra:
-            known = ", ".join(self.FIR_ATTRS) or "none"
-            raise VerifyException(f"unknown attribute '{extra[0]}' (known: {known})")
-        ins = self.operand_tts()
-        out = to_tt(self.results[0].type)
-        values = self.attr_values()
-        for name, value in values.items():
-            try:  # the literal must be one the .fir syntax accepts (e.g. a string among its choices)
-                self.attr_from_literal(name, value, out)
-            except AttrError as e:
-                raise VerifyException(f"attribute '{name}' {e}") from None
-        inferred = self.infer(ins, values, out)
-        if inferred != out:
-            raise ShapeError(f"result type {fmt_tt(out)} does not match the inferred type {fmt_tt(inferred)}")
+        super().verify_()
+        if self.attributes:
+            check_distribution_attrs(self.attributes, [to_tt(o.type)[0] for o in self.operands],
+                                     to_tt(self.results[0].type)[0])
 
-    @classmethod
-    def make(cls, operands: Sequence[SSAValue], result_type: Attribute | None = None, **attrs: Any) -> FlowOp:
-        """Build the op from operands and Python attribute values, inferring the result type if not given."""
-        ins = [to_tt(o.type) for o in operands]
-        values: dict[str, Any] = {}
-        for name in cls.FIR_ATTRS:
-            values[name] = attrs.pop(name) if name in attrs else cls.default_attr(name, ins)
-        if attrs:
-            raise AttrError(f"unknown attribute '{next(iter(attrs))}' for {cls.name}")
-        declared = to_tt(result_type) if result_type is not None else None
-        out = cls.infer(ins, values, declared)
-        props = {n: cls.attr_from_literal(n, v, out) for n, v in values.items()}
-        return cls.build(operands=[list(operands)] if cls.is_variadic() else list(operands),
-                         result_types=[from_tt(out)], properties=props)
 
-    @classmethod
-    def is_variadic(cls) -> bool:
-        """True for ops with one variadic operand list (concat)."""
-        return False
-
-    def format_attr(self, name: str) -> str | None:
-        """The .fir text of one attribute value, or None when it equals its default and is left out."""
-        spec = self.FIR_ATTRS[name]
-        value = spec.to_python(self.properties[name])
-        if not spec.required and value == self.default_attr(name, self.operand_tts()):
-            return None
-        return spec.format(value)
+def check_distribution_attrs(attrs: dict[str, Attribute], operand_shapes: list, result_shape) -> None:
+    """Check an op's placement/SBP annotations against its operands and result; raise VerifyException."""
+    values = {n: sbp_dialect.OP_ATTRS[n].to_python(a) for n, a in attrs.items() if n in sbp_dialect.OP_ATTRS}
+    nds = []
+    if sbp_dialect.SBP in values:
+        nds.append(("the result", values[sbp_dialect.SBP], result_shape))
+    if sbp_dialect.SBP_IN in values:
+        ins = values[sbp_dialect.SBP_IN]
+        if len(ins) != len(operand_shapes):
+            raise VerifyException(f"sbp_in has {len(ins)} entries but the op has {len(operand_shapes)} operand(s)")
+        nds += [(f"operand {i}", nd, shape) for i, (nd, shape) in enumerate(zip(ins, operand_shapes))]
+    for what, nd, shape in nds:
+        for s in nd:
+            if isinstance(s, Split) and s.axis >= len(shape):
+                raise VerifyException(f"sbp of {what} splits axis {s.axis}, but it has rank {len(shape)}")
+        if len(nd) != len(nds[0][1]):
+            raise VerifyException(f"sbp of {what} has {len(nd)} entries but sbp of {nds[0][0]} has {len(nds[0][1])}")
 
 
 # ----------------------------------------------------------------------------------------------- canonicalization

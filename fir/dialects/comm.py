@@ -1,0 +1,240 @@
+"""The `comm` dialect: the data movement that boxing inserts between a producer's and a consumer's layout.
+
+Each collective changes the SBP of exactly one mesh axis and runs among the devices that differ only along that
+axis. In the logical program (after `insert-boxing`) a collective names its mesh and has the logical type; after
+`partition` it also names its `group` (device ids in mesh-axis order) and an `id` that the members of one
+collective share, and its types are the device's local ones.
+
+| op                  | transition on one mesh axis | bytes sent per device (T: the tensor on one group) |
+| ------------------- | --------------------------- | ------------------------------------------------- |
+| comm.all_reduce     | P -> B                      | 2 (p-1)/p T (ring)                                |
+| comm.reduce_scatter | P -> S(i)                   | (p-1)/p T                                         |
+| comm.all_gather     | S(i) -> B                   | (p-1)/p T                                         |
+| comm.all_to_all     | S(i) -> S(j)                | (p-1)/p T/p                                       |
+| comm.slice          | B -> S(i)                   | 0 (each device keeps its piece)                   |
+| comm.send_recv      | one mesh to another         | the local piece                                   |
+
+`comm.send_recv` moves a tensor between two meshes of the same shape keeping its SBP (device k of one mesh to
+device k of the other), or, between meshes of different shapes, a broadcast tensor (device j of the target
+reads from device j mod n of the source). `partition` lowers it to `comm.send` / `comm.recv` pairs and
+`comm.slice` to `flow.slice` with the device's own offsets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from xdsl.dialects.builtin import ArrayAttr, SymbolRefAttr, TensorType
+from xdsl.ir import Dialect
+from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def
+
+from fir.attr_schema import OPTIONAL, AttrSpec, IntListSpec, IntSpec
+from fir.dialects.base import TT, FirOp, fmt_tt
+from fir.dialects.flow import INT_LIST_PROP, INT_PROP
+from fir.dialects.sbp import NdSbpSpec, SymbolSpec
+from fir.sbp import Broadcast, NdSbp, Partial, Sbp, Split, format_nd
+from fir.shape_inference import ShapeError
+
+
+class CommOp(FirOp):
+    """Base of the comm ops."""
+
+    @property
+    def is_local(self) -> bool:
+        """True after partition: the op runs on one device with local types."""
+        return "id" in self.properties
+
+
+_COLLECTIVE_ATTRS: dict[str, AttrSpec] = {
+    "mesh": SymbolSpec(doc="the mesh the collective runs on"),
+    "from": NdSbpSpec(doc="the operand's nd-SBP"),
+    "to": NdSbpSpec(doc="the result's nd-SBP"),
+    "bytes_per_device": IntSpec(doc="bytes each device sends (the largest over devices)"),
+    "group": IntListSpec(default=OPTIONAL, doc="after partition: the devices of this device's group, in order"),
+    "id": IntSpec(default=OPTIONAL, doc="after partition: shared by the members of one collective"),
+}
+
+
+def _ok(kind: str, src: Sbp, dst: Sbp) -> bool:
+    if kind == "all_reduce":
+        return isinstance(src, Partial) and isinstance(dst, Broadcast)
+    if kind == "reduce_scatter":
+        return isinstance(src, Partial) and isinstance(dst, Split)
+    if kind == "all_gather":
+        return isinstance(src, Split) and isinstance(dst, Broadcast)
+    if kind == "all_to_all":
+        return isinstance(src, Split) and isinstance(dst, Split) and src.axis != dst.axis
+    if kind == "slice":
+        return isinstance(src, Broadcast) and isinstance(dst, Split)
+    raise AssertionError(kind)
+
+
+_TRANSITION = {
+    "all_reduce": "P -> B",
+    "reduce_scatter": "P -> S(i)",
+    "all_gather": "S(i) -> B",
+    "all_to_all": "S(i) -> S(j) with i != j",
+    "slice": "B -> S(i)",
+}
+
+
+class CollectiveOp(CommOp):
+    """A boxing step on one mesh axis."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    mesh = prop_def(SymbolRefAttr)
+    from_ = prop_def(ArrayAttr, prop_name="from")
+    to = prop_def(ArrayAttr)
+    bytes_per_device = prop_def(INT_PROP)
+    group = opt_prop_def(INT_LIST_PROP)
+    id = opt_prop_def(INT_PROP)
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = _COLLECTIVE_ATTRS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+    KIND: ClassVar[str] = ""
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        src, dst = attrs["from"], attrs["to"]
+        axis = changed_axis(src, dst)
+        if axis is None:
+            raise ShapeError(f"from {format_nd(src)} and to {format_nd(dst)} must differ on exactly one mesh axis")
+        if not _ok(cls.KIND, src[axis], dst[axis]):
+            raise ShapeError(f"{cls.name} moves {_TRANSITION[cls.KIND]} on one mesh axis, not "
+                             f"{src[axis]} -> {dst[axis]} (mesh axis {axis})")
+        rank = len(ins[0][0])
+        for s in (*src, *dst):
+            if isinstance(s, Split) and s.axis >= rank:
+                raise ShapeError(f"{s} names axis {s.axis} of a rank-{rank} tensor")
+        if ("id" in attrs) != ("group" in attrs):
+            raise ShapeError("group and id come together (a partitioned collective has both)")
+        if declared is None:
+            return ins[0]
+        if "id" in attrs:  # local types: the shape changes with the device's piece
+            if declared[1] != ins[0][1] or len(declared[0]) != rank:
+                raise ShapeError(f"result {fmt_tt(declared)} must have the operand's rank and dtype ({fmt_tt(ins[0])})")
+            if cls.KIND == "all_reduce" and declared != ins[0]:
+                raise ShapeError(f"all_reduce keeps the shape: operand {fmt_tt(ins[0])}, result {fmt_tt(declared)}")
+            return declared
+        return ins[0]
+
+    def transition(self) -> tuple[int, Sbp, Sbp]:
+        """(mesh axis, its SBP before, its SBP after)."""
+        src, dst = self.attr_values()["from"], self.attr_values()["to"]
+        axis = changed_axis(src, dst)
+        assert axis is not None
+        return axis, src[axis], dst[axis]
+
+
+def changed_axis(src: NdSbp, dst: NdSbp) -> int | None:
+    """The one mesh axis where two nd-SBPs differ, or None when they differ on none or several."""
+    if len(src) != len(dst):
+        return None
+    diff = [a for a, (x, y) in enumerate(zip(src, dst)) if x != y]
+    return diff[0] if len(diff) == 1 else None
+
+
+def _collective(kind: str, doc: str) -> type[CollectiveOp]:
+    cls = type(
+        "".join(p.capitalize() for p in kind.split("_")) + "Op",
+        (CollectiveOp,),
+        {"name": f"comm.{kind}", "KIND": kind, "__doc__": doc, "__module__": __name__,
+         "__annotations__": {"KIND": ClassVar[str]}},
+    )
+    return irdl_op_definition(cls)
+
+
+AllReduceOp = _collective("all_reduce", "P -> B: every device gets the sum (or max) of the group's tensors.")
+ReduceScatterOp = _collective("reduce_scatter", "P -> S(i): every device gets its piece of the reduced tensor.")
+AllGatherOp = _collective("all_gather", "S(i) -> B: every device gets the group's pieces joined in order.")
+AllToAllOp = _collective("all_to_all", "S(i) -> S(j): pieces along j are exchanged, joined along i.")
+SliceOp = _collective("slice", "B -> S(i): every device keeps its own piece; no data moves.")
+
+
+@irdl_op_definition
+class SendRecvOp(CommOp):
+    """Move a tensor from one mesh to another (before partition)."""
+
+    name = "comm.send_recv"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    mesh = prop_def(SymbolRefAttr)
+    to_mesh = prop_def(SymbolRefAttr)
+    from_ = prop_def(ArrayAttr, prop_name="from")
+    to = prop_def(ArrayAttr)
+    bytes_per_device = prop_def(INT_PROP)
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "mesh": SymbolSpec(doc="the source mesh"),
+        "to_mesh": SymbolSpec(doc="the target mesh"),
+        "from": NdSbpSpec(doc="the nd-SBP on the source mesh"),
+        "to": NdSbpSpec(doc="the nd-SBP on the target mesh"),
+        "bytes_per_device": IntSpec(doc="bytes each sending device sends (the largest over devices)"),
+    }
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        src, dst = attrs["from"], attrs["to"]
+        all_b = all(isinstance(s, Broadcast) for s in (*src, *dst))
+        if src != dst and not all_b:
+            raise ShapeError(f"send_recv keeps the SBP ({format_nd(src)} -> {format_nd(dst)}); "
+                             "between meshes of different shapes both sides are all B")
+        return ins[0]
+
+
+@irdl_op_definition
+class SendOp(CommOp):
+    """Send the local tensor to one device (after partition); the matching comm.recv has the same id."""
+
+    name = "comm.send"
+    input = operand_def(TensorType)
+    to_device = prop_def(INT_PROP)
+    id = prop_def(INT_PROP)
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "to_device": IntSpec(doc="the receiving device"),
+        "id": IntSpec(doc="shared with the matching comm.recv"),
+    }
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> None:
+        if attrs["to_device"] < 0:
+            raise ShapeError("to_device must be a device id (non-negative)")
+        return None
+
+    def verify_(self) -> None:
+        self._verify_attrs()
+        self.infer(self.operand_tts(), self.attr_values(), None)
+
+
+@irdl_op_definition
+class RecvOp(CommOp):
+    """Receive a tensor sent by one device (after partition)."""
+
+    name = "comm.recv"
+    result = result_def(TensorType)
+    from_device = prop_def(INT_PROP)
+    id = prop_def(INT_PROP)
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "from_device": IntSpec(doc="the sending device"),
+        "id": IntSpec(doc="shared with the matching comm.send"),
+    }
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if attrs["from_device"] < 0:
+            raise ShapeError("from_device must be a device id (non-negative)")
+        if declared is None:
+            raise ShapeError("comm.recv needs a result type, e.g. `: tensor<4x8xf32>`")
+        return declared
+
+
+COLLECTIVES: tuple[type[CollectiveOp], ...] = (AllReduceOp, ReduceScatterOp, AllGatherOp, AllToAllOp, SliceOp)
+COMM_OPS: tuple[type[CommOp], ...] = (*COLLECTIVES, SendRecvOp, SendOp, RecvOp)
+COLLECTIVE_BY_KIND = {c.KIND: c for c in COLLECTIVES}
+
+Comm = Dialect("comm", list(COMM_OPS), [])
+
+__all__ = ["CommOp", "CollectiveOp", "AllReduceOp", "ReduceScatterOp", "AllGatherOp", "AllToAllOp", "SliceOp",
+           "SendRecvOp", "SendOp", "RecvOp", "COLLECTIVES", "COMM_OPS", "COLLECTIVE_BY_KIND", "Comm",
+           "changed_axis"]
