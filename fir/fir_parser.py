@@ -2,6 +2,9 @@
 
 Each op gets a FileLineColLoc, so later diagnostics (verifier, passes) point back into the source. Result types
 left out in the text are inferred with the op's own rule; result types written in the text are checked against it.
+The module holds sbp.mesh declarations and functions; function bodies hold flow and comm ops (any FirOp, built by
+one generic path from its attribute schema). Placement and SBP annotations on functions, arguments, results and
+flow ops are stored as discardable attributes; the module-level placement check is fir.frontend's.
 """
 
 from __future__ import annotations
@@ -14,16 +17,51 @@ from typing import Any
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, Block, Region, SSAValue
+from xdsl.utils.exceptions import VerifyException
 
 from fir import dtypes
-from fir.attr_schema import AttrError, Call, Ident, SymbolRef
+from fir.attr_schema import AttrError, AttrSpec, Call, Ident, IntListSpec, SymbolRef, describe
 from fir.diagnostics import FirError, SourceLoc
-from fir.dialects.flow import OPS_BY_NAME, FlowOp, fmt_tt, from_tt, to_tt
+from fir.dialects import comm as comm_dialect
+from fir.dialects import flow as flow_dialect
+from fir.dialects import sbp as sbp_dialect
+from fir.dialects.base import FirOp, fmt_tt, from_tt, to_tt
+from fir.dialects.flow import check_distribution_attrs
+from fir.dialects.sbp import MeshOp
 from fir.shape_inference import ShapeError
 
+# Every op a function body may hold, by name: the flow ops and the comm ops.
+OPS_BY_NAME: dict[str, type[FirOp]] = {**flow_dialect.OPS_BY_NAME, **{op.name: op for op in comm_dialect.COMM_OPS}}
+
+# Discardable attributes of functions: the placement `mesh`, and on the per-device programs that partition
+# writes, the `device` they run on, the logical function they come `of`, and the logical indices of the
+# arguments and results they hold (`args`, `results`) when not all of them.
+FUNC_ATTRS: dict[str, AttrSpec] = {
+    "mesh": sbp_dialect.SymbolSpec(doc="the mesh the function's ops run on unless they name another"),
+    "device": sbp_dialect.IntValueSpec(doc="a per-device program: the device it runs on"),
+    "of": sbp_dialect.SymbolSpec(doc="a per-device program: the logical function it is a piece of"),
+    "args": IntListSpec(doc="a per-device program: the logical index of each argument"),
+    "results": IntListSpec(doc="a per-device program: the logical index of each result"),
+}
+# Discardable attributes of arguments and results.
+VALUE_ATTRS: dict[str, AttrSpec] = sbp_dialect.VALUE_ATTRS
+# The order the printer writes an op's discardable attributes in (after the op's own).
+OP_ATTR_ORDER: tuple[str, ...] = (sbp_dialect.SBP, sbp_dialect.SBP_IN, sbp_dialect.SBP_COST, sbp_dialect.MESH)
+# The largest mesh the .fir syntax declares (its default device list is written out in the IR).
+MAX_MESH_DEVICES = 1 << 16
+
+
+def attr_message(what: str, e: Exception | str) -> str:
+    """`what` followed by an attribute error: `attribute 'x' expects ...`, `attribute 'sbp': S(...) takes ...`."""
+    msg = str(e)
+    return f"{what} {msg}" if msg.split(" ", 1)[0] in ("expects", "must", "holds", "has") else f"{what}: {msg}"
+
+
+# `-> tensor<...> {` just before a name: attributes written on a bare result type (its `{` opened the body).
+_BARE_RESULT_ATTRS = re.compile(r"->\s*tensor<[^>\n]*>\s*\{\s*\Z")
 _VALID_HINT = re.compile(r"[A-Za-z_$.\-][\w$.\-]*")
 _NUMERIC_SUFFIX = re.compile(r"(_\d+)+$")
 
@@ -154,8 +192,9 @@ class _Builder:
 
     # -- module and functions --------------------------------------------------------------------------------
     def module(self, tree: Tree) -> ModuleOp:
-        funcs: list[FuncOp] = []
-        symbols: dict[str, Token] = {}
+        ops: list[FuncOp | MeshOp] = []
+        # Meshes and functions share one symbol table: symbol -> (its token, "mesh" or "function").
+        symbols: dict[str, tuple[Token, str]] = {}
         items = tree.children
         module_name = None
         if items and items[0].data == "module":
@@ -167,18 +206,79 @@ class _Builder:
         for item in items:
             if item.data == "module":
                 raise self.error("a module must enclose the whole file", item)
+            kind = "mesh" if item.data == "mesh" else "function"
             name_tok = item.children[0]
             if str(name_tok) in symbols:
-                first = symbols[str(name_tok)]
-                raise self.error(f"function {name_tok} is already defined at line {first.line + self.line_offset}",
-                                 name_tok)
-            symbols[str(name_tok)] = name_tok
-            funcs.append(self.func(item))
-        module = ModuleOp(funcs)
+                first, first_kind = symbols[str(name_tok)]
+                line = first.line + self.line_offset
+                if first_kind == kind:
+                    raise self.error(f"{kind} {name_tok} is already defined at line {line}", name_tok)
+                raise self.error(f"symbol {name_tok} is already defined at line {line} by a {first_kind} "
+                                 "(meshes and functions share one symbol table)", name_tok)
+            symbols[str(name_tok)] = (name_tok, kind)
+            ops.append(self.mesh(item) if kind == "mesh" else self.func(item))
+        module = ModuleOp(ops)
         module.location = SourceLoc(self.filename, 1 + self.line_offset, 1).to_attr()
         if module_name is not None:
             module.sym_name = StringAttr(module_name)
         return module
+
+    def mesh(self, tree: Tree) -> MeshOp:
+        name_tok, shape_node, attrs_node = tree.children
+        shape = self.literal(shape_node)
+        example = "such as [4] or [2, 2]"
+        if not isinstance(shape, list) or not shape:
+            raise self.error(f"a mesh shape is a list of 1 or 2 positive integers {example}, got {describe(shape)}"
+                             if not isinstance(shape, list) else f"a mesh needs at least one axis, {example}",
+                             shape_node)
+        for d, node in zip(shape, shape_node.children):
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                what = str(d) if isinstance(d, int) and not isinstance(d, bool) else describe(d)
+                raise self.error(f"a mesh axis is a positive number of devices, got {what}", node)
+        if len(shape) > 2:
+            raise self.error(f"a mesh has 1 or 2 axes, got {len(shape)}", shape_node.children[2])
+        n = 1
+        for d in shape:
+            n *= d
+        if n > MAX_MESH_DEVICES:
+            raise self.error(f"mesh of shape {shape} has {n} devices, more than fir accepts ({MAX_MESH_DEVICES})",
+                             shape_node)
+        attrs = self.attr_dict(attrs_node)
+        for aname, (_, atok, _) in attrs.items():
+            if aname != "devices":
+                raise self.error(f"unknown attribute '{aname}' for sbp.mesh (known: devices)", atok)
+        devices = list(range(n))
+        if "devices" in attrs:
+            devices, _, dnode = attrs["devices"]
+            if not isinstance(devices, list):
+                raise self.error(f"devices is a list of device ids (non-negative integers), got {describe(devices)}",
+                                 dnode)
+            seen: dict[int, int] = {}
+            for i, (d, node) in enumerate(zip(devices, dnode.children)):
+                if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < 2**63:
+                    what = str(d) if isinstance(d, int) and not isinstance(d, bool) else describe(d)
+                    raise self.error(f"a device id is a non-negative integer, got {what}", node)
+                if d in seen:
+                    raise self.error(f"device {d} appears twice (the devices of a mesh are distinct)", node)
+                seen[d] = i
+            if len(devices) != n:
+                raise self.error(f"mesh of shape {shape} needs {n} devices, got {len(devices)}", dnode)
+        op = MeshOp.make(str(name_tok)[1:], tuple(shape), tuple(devices))
+        op.location = self.loc(tree).to_attr()
+        return op
+
+    def discardable(self, attrs: dict[str, tuple[Any, Token, Tree]], specs: dict[str, AttrSpec], kind: str,
+                    owner: str) -> dict[str, Attribute]:
+        """Attributes of a function, an argument or a result, checked against `specs`; errors name `owner`."""
+        out: dict[str, Attribute] = {}
+        for aname, (value, atok, vnode) in attrs.items():
+            if aname not in specs:
+                raise self.error(f"unknown {kind} attribute '{aname}' (known: {', '.join(specs)})", atok)
+            try:
+                out[aname] = specs[aname].to_attr(value)
+            except AttrError as e:
+                raise self.error(attr_message(f"attribute '{aname}' of {owner}", e), vnode) from None
+        return {n: out[n] for n in specs if n in out}  # stored in the canonical order, as printed
 
     def func(self, tree: Tree) -> FuncOp:
         name_tok, *rest = tree.children
@@ -190,17 +290,15 @@ class _Builder:
         values: dict[str, SSAValue] = {}
         defs: dict[str, Token] = {}
         arg_types = []
+        arg_dicts: list[dict[str, Attribute]] = []
         for a in args:
             vtok, ttok, adict = a.children
             if str(vtok) in defs:
                 raise self.error(f"argument {vtok} is already defined", vtok)
             arg_types.append(self.tensor_type(ttok))
-            for aname, (_, atok, _) in self.attr_dict(adict).items():
-                raise self.error(f"unknown argument attribute '{aname}'", atok)
+            arg_dicts.append(self.discardable(self.attr_dict(adict), VALUE_ATTRS, "argument", f"argument {vtok}"))
             defs[str(vtok)] = vtok
-        if fattrs_node is not None:
-            for aname, (_, atok, _) in self.attr_dict(fattrs_node).items():
-                raise self.error(f"unknown function attribute '{aname}'", atok)
+        func_attrs = self.discardable(self.attr_dict(fattrs_node), FUNC_ATTRS, "function", f"function {name_tok}")
 
         block = Block(arg_types=arg_types)
         for a, barg in zip(args, block.args):
@@ -210,8 +308,16 @@ class _Builder:
             barg.location = self.loc(vtok).to_attr()
 
         declared_results = None
+        res_dicts: list[dict[str, Attribute]] = []
         if results_node is not None:
-            declared_results = self.type_list(results_node.children[0])
+            declared_results = []
+            for r in results_node.children:
+                if r is None:
+                    continue
+                ttok, rdict = (r, None) if isinstance(r, Token) else r.children
+                declared_results.append((self.tensor_type(ttok), ttok))
+                res_dicts.append(self.discardable(self.attr_dict(rdict), VALUE_ATTRS, "result",
+                                                  f"result {len(res_dicts)}"))
 
         ret: ReturnOp | None = None
         for stmt in stmts:
@@ -241,7 +347,9 @@ class _Builder:
                         f"{dtypes.format_type(want)}",
                         _loc_attr(ret),
                     )
-        func = FuncOp(str(name_tok)[1:], (arg_types, result_types), Region(block))
+        func = FuncOp(str(name_tok)[1:], (arg_types, result_types), Region(block),
+                      arg_attrs=_dict_array(arg_dicts), res_attrs=_dict_array(res_dicts))
+        func.attributes.update(func_attrs)
         func.location = self.loc(tree).to_attr()
         return func
 
@@ -290,7 +398,7 @@ class _Builder:
             close = difflib.get_close_matches(op_name, list(OPS_BY_NAME) + ["func.return"], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise self.error(f"unknown op '{op_name}'{hint}", name_tok)
-        op = self.flow_op(op_cls, tree, name_tok, operands, operand_toks, attrs, declared, result_toks)
+        op = self.fir_op(op_cls, tree, name_tok, operands, operand_toks, attrs, declared, result_toks)
         for rtok, res in zip(result_toks, op.results):
             if str(rtok) in defs:
                 first = defs[str(rtok)]
@@ -300,48 +408,76 @@ class _Builder:
             self.set_hint(res, str(rtok))
         return op
 
-    def flow_op(self, op_cls: type[FlowOp], tree: Tree, name_tok: Token, operands: list[SSAValue],
-                operand_toks: list[Token], attrs: dict, declared: list, result_toks: list[Token]) -> FlowOp:
+    def fir_op(self, op_cls: type[FirOp], tree: Tree, name_tok: Token, operands: list[SSAValue],
+               operand_toks: list[Token], attrs: dict, declared: list, result_toks: list[Token]) -> FirOp:
+        """Build any FirOp (flow or comm) from its statement: operands, attributes, result type."""
         op_name = op_cls.name
-        n_expected = len(op_cls.get_irdl_definition().operands)
+        definition = op_cls.get_irdl_definition()
+        n_expected = len(definition.operands)
+        n_results = len(definition.results)
         if op_cls.is_variadic():
             if not operands:
                 raise self.error(f"{op_name} expects at least one operand", name_tok)
         elif len(operands) != n_expected:
             where = operand_toks[n_expected] if len(operands) > n_expected else name_tok
             raise self.error(f"{op_name} expects {n_expected} operand(s), got {len(operands)}", where)
-        if len(result_toks) > 1:
-            raise self.error(f"{op_name} has 1 result, but {len(result_toks)} names are bound", result_toks[1])
-        if not result_toks:
-            raise self.error(f"the result of {op_name} must be named, e.g. `%r = {op_name} ...`", name_tok)
-        if len(declared) > 1:
-            raise self.error(f"{op_name} has 1 result, but {len(declared)} result types are given", declared[1][1])
+        if n_results == 0:
+            if result_toks:
+                raise self.error(f"{op_name} has no result, so nothing can be bound to {result_toks[0]}",
+                                 result_toks[0])
+            if declared:
+                raise self.error(f"{op_name} has no result, so it takes no result type", declared[0][1])
+        else:
+            if len(result_toks) > 1:
+                raise self.error(f"{op_name} has 1 result, but {len(result_toks)} names are bound", result_toks[1])
+            if not result_toks:
+                raise self.error(f"the result of {op_name} must be named, e.g. `%r = {op_name} ...`", name_tok)
+            if len(declared) > 1:
+                raise self.error(f"{op_name} has 1 result, but {len(declared)} result types are given",
+                                 declared[1][1])
 
         ins = [to_tt(v.type) for v in operands]
         for aname, (_, atok, _) in attrs.items():
-            if aname not in op_cls.FIR_ATTRS:
+            if aname not in op_cls.FIR_ATTRS and aname not in op_cls.DISCARDABLE:
                 known = ", ".join(op_cls.FIR_ATTRS) or "none"
-                raise self.error(f"unknown attribute '{aname}' for {op_name} (known: {known})", atok)
+                close = difflib.get_close_matches(aname, [*op_cls.FIR_ATTRS, *op_cls.DISCARDABLE], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close and close[0] in op_cls.DISCARDABLE else ""
+                raise self.error(f"unknown attribute '{aname}' for {op_name} (known: {known}{hint})", atok)
         values: dict[str, Any] = {}
         for aname, spec in op_cls.FIR_ATTRS.items():
             if aname in attrs:
                 values[aname] = attrs[aname][0]
             elif spec.required:
                 raise self.error(f"{op_name} needs attribute '{aname}' ({spec.kind()})", name_tok)
-            else:
+            elif not spec.optional:
                 values[aname] = op_cls.default_attr(aname, ins)
         declared_tt = to_tt(declared[0][0]) if declared else None
+        if op_cls.NEEDS_RESULT_TYPE and declared_tt is None:
+            # The op's own rule names an example when it has one; the literals may need the type to be read.
+            msg = f"{op_name} needs a result type, e.g. `: {fmt_tt(ins[0]) if ins else 'tensor<4x8xf32>'}`"
+            try:
+                op_cls.infer(ins, {}, None)
+            except ShapeError as e:
+                msg = str(e)
+            except Exception:  # a rule that reads its attributes first: the generic message
+                pass
+            raise self.error(msg if msg.startswith(op_name) else f"{op_name}: {msg}", name_tok)
         # Validate literals before shape rules, so a wrong-kind literal gets a message about itself.
         props: dict[str, Attribute] = {}
         for aname, value in values.items():
-            if op_cls.NEEDS_RESULT_TYPE and declared_tt is None:
-                break
             try:
                 props[aname] = op_cls.attr_from_literal(aname, value, declared_tt)
             except AttrError as e:
                 node = attrs[aname][2] if aname in attrs else name_tok
-                raise self.error(f"attribute '{aname}' of {op_name} {e}", node) from None
+                raise self.error(attr_message(f"attribute '{aname}' of {op_name}", e), node) from None
             values[aname] = op_cls.FIR_ATTRS[aname].to_python(props[aname])
+        discardable: dict[str, Attribute] = {}
+        for aname, (value, _, vnode) in sorted(attrs.items(), key=lambda kv: _attr_rank(kv[0])):
+            if aname in op_cls.DISCARDABLE:
+                try:
+                    discardable[aname] = sbp_dialect.OP_ATTRS[aname].to_attr(value)
+                except AttrError as e:
+                    raise self.error(attr_message(f"attribute '{aname}' of {op_name}", e), vnode) from None
         try:
             out = op_cls.infer(ins, values, declared_tt)
         except ShapeError as e:
@@ -352,10 +488,28 @@ class _Builder:
                 f"{op_name}: declared result type {fmt_tt(declared_tt)} does not match the inferred type {fmt_tt(out)}",
                 declared[0][1],
             )
+        if discardable:
+            try:
+                check_distribution_attrs(discardable, [s for s, _ in ins], out[0] if out is not None else ())
+            except VerifyException as e:
+                raise self.error(f"{op_name}: {e}", name_tok) from None
         # Everything build() would check is established above; create() skips re-checking it.
-        op = op_cls.create(operands=operands, result_types=[from_tt(out)], properties=props)
+        op = op_cls.create(operands=operands, result_types=[from_tt(out)] if out is not None else [],
+                           properties=props, attributes=discardable)
         op.location = self.loc(tree).to_attr()
         return op
+
+
+def _attr_rank(name: str) -> int:
+    """Position of a discardable op attribute in the canonical order (the order the printer writes)."""
+    return OP_ATTR_ORDER.index(name) if name in OP_ATTR_ORDER else len(OP_ATTR_ORDER)
+
+
+def _dict_array(dicts: list[dict[str, Attribute]]) -> ArrayAttr | None:
+    """Argument or result attributes as FuncOp stores them: one dictionary per entry, or None when all are empty."""
+    if not any(dicts):
+        return None
+    return ArrayAttr([DictionaryAttr(d) for d in dicts])
 
 
 def _loc_attr(op) -> SourceLoc | None:
@@ -379,6 +533,11 @@ def _syntax_error(e: UnexpectedInput, filename: str, text: str, line_offset: int
         loc = SourceLoc(filename, last + line_offset, len(lines[last - 1]) + 1)
         return FirError("unexpected end of input (is a '}' missing?)", loc)
     assert isinstance(e, UnexpectedToken)
+    before = text[: e.token.start_pos] if e.token.start_pos is not None else ""
+    after = text[e.token.end_pos :] if e.token.end_pos is not None else ""
+    if e.token.type == "BARE_ID" and _BARE_RESULT_ATTRS.search(before) and re.match(r"\s*=", after):
+        return FirError("attributes of a result need the parenthesised result list, e.g. "
+                        "`-> (tensor<4xf32> {sbp = [B]})`", loc)
     if e.token.type == "BARE_ID" and str(e.token) == "tensor":
         return FirError("malformed tensor type: expected tensor<DIMSxDTYPE> such as tensor<2x3xf32>, on one line", loc)
     expected = sorted({_describe_terminal(t) for t in e.expected})
@@ -390,7 +549,8 @@ def _syntax_error(e: UnexpectedInput, filename: str, text: str, line_offset: int
 
 
 def parse_fir(text: str, filename: str = "<input>", line_offset: int = 0) -> ModuleOp:
-    """Parse .fir source into a module of func.func ops over flow ops; raise FirError on any bad input."""
+    """Parse .fir source into a module of sbp.mesh and func.func ops (over flow and comm ops); raise FirError on
+    any bad input. The module-level checks (placement, symbols in MLIR input) are fir.frontend.verify_module's."""
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -398,4 +558,4 @@ def parse_fir(text: str, filename: str = "<input>", line_offset: int = 0) -> Mod
     return _Builder(filename, line_offset).module(tree)
 
 
-__all__ = ["parse_fir"]
+__all__ = ["parse_fir", "OPS_BY_NAME", "FUNC_ATTRS", "VALUE_ATTRS", "OP_ATTR_ORDER", "attr_message"]

@@ -1,16 +1,22 @@
-"""Prints IR in .fir syntax: the exact inverse of fir.fir_parser, with every result type written out."""
+"""Prints IR in .fir syntax: the exact inverse of fir.fir_parser, with every result type written out.
+
+Meshes come first, then the functions; placement and SBP attributes are printed in one canonical order (the
+parser stores them in it too), so printing is a fixed point in both syntaxes."""
 
 from __future__ import annotations
 
 from io import StringIO
 
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Attribute, Operation, SSAValue
 
+from fir.attr_schema import AttrSpec
 from fir.diagnostics import FirError, loc_of
-from fir.dialects.flow import FlowOp
+from fir.dialects.base import FirOp
+from fir.dialects.sbp import OP_ATTRS, MeshOp
 from fir.dtypes import format_type
+from fir.fir_parser import FUNC_ATTRS, OP_ATTR_ORDER, VALUE_ATTRS
 
 
 class _Names:
@@ -50,7 +56,7 @@ def _print_op(op: Operation, names: _Names, out: StringIO) -> None:
         else:
             out.write("  func.return\n")
         return
-    if not isinstance(op, FlowOp):
+    if not isinstance(op, FirOp):
         raise FirError(f"'{op.name}' has no .fir syntax; print it with -t mlir", loc_of(op.location))
     operands = ", ".join(names[v] for v in op.operands)
     attrs = []
@@ -58,13 +64,49 @@ def _print_op(op: Operation, names: _Names, out: StringIO) -> None:
         text = op.format_attr(name)
         if text is not None:
             attrs.append(f"{name} = {text}")
-    results = ", ".join(names.define(r) for r in op.results)
-    line = f"  {results} = {op.name}"
+    attrs += _format_attrs(dict(op.attributes), {n: OP_ATTRS[n] for n in OP_ATTR_ORDER}, f"'{op.name}' op", op)
+    line = "  "
+    if op.results:
+        line += ", ".join(names.define(r) for r in op.results) + " = "
+    line += op.name
     if operands:
         line += " " + operands
     if attrs:
         line += " {" + ", ".join(attrs) + "}"
-    line += " : " + ", ".join(format_type(r.type) for r in op.results)
+    if op.results:
+        line += " : " + ", ".join(format_type(r.type) for r in op.results)
+    out.write(line + "\n")
+
+
+def _format_attrs(attrs: dict[str, Attribute], specs: dict[str, AttrSpec], owner: str, op: Operation) -> list[str]:
+    """`name = value` for each discardable attribute, in the order of `specs`."""
+    for name in attrs:
+        if name not in specs:
+            raise FirError(f"{owner} has attribute '{name}', which has no .fir syntax; print it with -t mlir",
+                           loc_of(op.location))
+    out = []
+    for name, spec in specs.items():
+        if name in attrs:
+            try:
+                out.append(f"{name} = {spec.format(spec.to_python(attrs[name]))}")
+            except Exception as e:  # a malformed value (only reachable without the verifier)
+                raise FirError(f"{owner}: attribute '{name}' has no .fir form: {e}", loc_of(op.location)) from None
+    return out
+
+
+def _attr_dict_text(d: DictionaryAttr | None, func: FuncOp, owner: str) -> str:
+    """` {sbp = [...], mesh = @m}` for an argument or result, or nothing."""
+    if d is None or not d.data:
+        return ""
+    return " {" + ", ".join(_format_attrs(dict(d.data), VALUE_ATTRS, owner, func)) + "}"
+
+
+def print_mesh(mesh: MeshOp, out: StringIO) -> None:
+    """Write one mesh declaration; the device list only when it is not 0 .. n-1."""
+    shape, devices = mesh.shape_values(), mesh.device_values()
+    line = f"sbp.mesh @{mesh.sym_name.data} = [{', '.join(map(str, shape))}]"
+    if devices != tuple(range(len(devices))):
+        line += f" {{devices = [{', '.join(map(str, devices))}]}}"
     out.write(line + "\n")
 
 
@@ -72,15 +114,24 @@ def print_func(func: FuncOp, out: StringIO) -> None:
     """Write one function in .fir syntax."""
     names = _Names()
     block = func.body.blocks.first
+    fname = f"@{func.sym_name.data}"
+    arg_dicts = list(func.arg_attrs.data) if func.arg_attrs is not None else []
+    res_dicts = list(func.res_attrs.data) if func.res_attrs is not None else []
     args = []
-    for a in block.args if block is not None else ():
-        args.append(f"{names.define(a)}: {format_type(a.type)}")
+    for i, a in enumerate(block.args if block is not None else ()):
+        d = arg_dicts[i] if i < len(arg_dicts) else None
+        args.append(f"{names.define(a)}: {format_type(a.type)}{_attr_dict_text(d, func, f'argument {i} of {fname}')}")
     outs = func.function_type.outputs.data
-    header = f"func.func @{func.sym_name.data}({', '.join(args)})"
-    if len(outs) == 1:
+    header = f"func.func {fname}({', '.join(args)})"
+    res_texts = [_attr_dict_text(res_dicts[i] if i < len(res_dicts) else None, func, f"result {i} of {fname}")
+                 for i in range(len(outs))]
+    if len(outs) == 1 and not res_texts[0]:
         header += f" -> {format_type(outs[0])}"
-    elif len(outs) > 1:
-        header += " -> (" + ", ".join(format_type(t) for t in outs) + ")"
+    elif outs:
+        header += " -> (" + ", ".join(format_type(t) + r for t, r in zip(outs, res_texts)) + ")"
+    fattrs = _format_attrs(dict(func.attributes), FUNC_ATTRS, f"function {fname}", func)
+    if fattrs:
+        header += " attributes {" + ", ".join(fattrs) + "}"
     out.write(header + " {\n")
     if block is not None:
         for op in block.ops:
@@ -103,9 +154,17 @@ def print_fir(module: ModuleOp) -> str:
         inner = print_fir(ModuleOp([]) if not module.ops else _unnamed_copy(module))
         body = "".join("  " + line if line.strip() else line for line in inner.splitlines(keepends=True))
         return f"module @{module.sym_name.data} {{\n{body}}}\n"
+    meshes = [op for op in module.ops if isinstance(op, MeshOp)]
+    for op in module.ops:
+        if not isinstance(op, (FuncOp, MeshOp)):
+            raise FirError(f"'{op.name}' has no .fir syntax at module level; print it with -t mlir", loc_of(op.location))
+    # Meshes first (functions refer to them), then the functions, each in module order.
+    for mesh in meshes:
+        print_mesh(mesh, out)
+        first = False
     for op in module.ops:
         if not isinstance(op, FuncOp):
-            raise FirError(f"'{op.name}' has no .fir syntax at module level; print it with -t mlir", loc_of(op.location))
+            continue
         if not first:
             out.write("\n")
         print_func(op, out)

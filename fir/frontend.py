@@ -7,20 +7,30 @@ import re
 from xdsl.context import Context
 from xdsl.dialects.builtin import Builtin, FileLineColLoc, IntAttr, ModuleOp, StringAttr, UnknownLoc
 from xdsl.dialects.func import Func, FuncOp, ReturnOp
-from xdsl.ir import Operation
+from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError, VerifyException
 
+from fir import layout
+from fir.attr_schema import AttrError, AttrSpec, IntListSpec, IntSpec
 from fir.diagnostics import FirError, SourceLoc, loc_of
-from fir.dialects.flow import Flow, FlowOp, to_tt
+from fir.dialects.base import FirOp
+from fir.dialects.comm import Comm, CommOp
+from fir.dialects.flow import Flow, to_tt
+from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
+from fir.fir_parser import FUNC_ATTRS, VALUE_ATTRS, attr_message, parse_fir
+from fir.sbp import Mesh, NdSbp, Partial, Split, format_nd
 from fir.shape_inference import ShapeError
-from fir.fir_parser import parse_fir
+
+# The dialects a fir program may use: builtin and func for its structure, flow for the ops, sbp for meshes and
+# SBP attributes, comm for the data movement that boxing inserts.
+DIALECTS = (Builtin, Func, Flow, Sbp_, Comm)
 
 
 def make_context() -> Context:
     """An xDSL context with the dialects a fir program may use."""
     ctx = Context()
-    for dialect in (Builtin, Func, Flow):
+    for dialect in DIALECTS:
         ctx.load_dialect(dialect)
     return ctx
 
@@ -108,8 +118,16 @@ def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset
 
 def _check_structure(module: ModuleOp) -> None:
     for op in module.ops:
+        if isinstance(op, MeshOp):
+            if not _SYMBOL.fullmatch(op.sym_name.data):
+                raise FirError(f"mesh name \"{op.sym_name.data}\" is not a fir symbol ([A-Za-z_][A-Za-z0-9_$.-]*)",
+                               loc_of(op.location))
+            if op.attributes:
+                raise FirError(f"'sbp.mesh' op has no attribute '{next(iter(op.attributes))}'", loc_of(op.location))
+            continue
         if not isinstance(op, FuncOp):
-            raise FirError(f"'{op.name}' cannot appear at module level (only func.func)", loc_of(op.location))
+            raise FirError(f"'{op.name}' cannot appear at module level (only func.func and sbp.mesh)",
+                           loc_of(op.location))
         ftype = op.function_type
         for t in (*ftype.inputs.data, *ftype.outputs.data):
             try:
@@ -121,11 +139,12 @@ def _check_structure(module: ModuleOp) -> None:
         if not _SYMBOL.fullmatch(op.sym_name.data):
             raise FirError(f"function name \"{op.sym_name.data}\" is not a fir symbol ([A-Za-z_][A-Za-z0-9_$.-]*)",
                            loc_of(op.location))
+        _check_func_attrs(op)
         block = op.body.blocks.first
         assert block is not None
         defined = set(block.args)
         for inner in block.ops:
-            if not isinstance(inner, (FlowOp, ReturnOp)) or inner.regions:
+            if not isinstance(inner, (FirOp, ReturnOp)) or inner.regions:
                 raise FirError(f"'{inner.name}' cannot appear in a function body", loc_of(inner.location))
             for i, v in enumerate(inner.operands):
                 if v not in defined:
@@ -133,16 +152,204 @@ def _check_structure(module: ModuleOp) -> None:
             defined.update(inner.results)
 
 
+def _check_value(spec: AttrSpec, attr: Attribute) -> str | None:
+    """Why a discardable attribute does not hold what `spec` stores, or None when it does."""
+    try:
+        value = spec.to_python(attr)
+    except (VerifyException, AssertionError) as e:
+        return str(e) or f"expects {spec.kind()}, got {attr}"
+    if isinstance(spec, (IntValueSpec, IntSpec, IntListSpec)):
+        try:  # integers: exactly the i64 storage (and range) the .fir syntax writes
+            if spec.to_attr(value) != attr:
+                return f"expects {spec.kind()} stored as i64, got {attr}"
+        except AttrError as e:
+            return str(e)
+    return None
+
+
+def _check_attr_dict(attrs: dict[str, Attribute], specs: dict[str, AttrSpec], kind: str, owner: str,
+                     where: SourceLoc | None) -> None:
+    for name, attr in attrs.items():
+        if name not in specs:
+            raise FirError(f"{owner}: unknown {kind} attribute '{name}' (known: {', '.join(specs)})", where)
+        problem = _check_value(specs[name], attr)
+        if problem is not None:
+            raise FirError(attr_message(f"{owner}: {kind} attribute '{name}'", problem), where)
+
+
+def _check_func_attrs(func: FuncOp) -> None:
+    """The discardable attributes of a function, its arguments and its results (MLIR input may hold any)."""
+    where = loc_of(func.location)
+    owner = f"function @{func.sym_name.data}"
+    _check_attr_dict(dict(func.attributes), FUNC_ATTRS, "function", owner, where)
+    ftype = func.function_type
+    for which, kind, n in (("arg_attrs", "argument", len(ftype.inputs.data)),
+                           ("res_attrs", "result", len(ftype.outputs.data))):
+        dicts = getattr(func, which)
+        if dicts is None:
+            continue
+        if len(dicts.data) != n:
+            raise FirError(f"{owner}: {which} has {len(dicts.data)} entries but the function has {n} {kind}(s)",
+                           where)
+        for d in dicts.data:
+            _check_attr_dict(dict(d.data), VALUE_ATTRS, kind, owner, where)
+
+
+def _check_symbols(module: ModuleOp) -> None:
+    """Meshes and functions share one symbol table: each name once (checked before xDSL's own check, which
+    reports it at the module)."""
+    seen: dict[str, Operation] = {}
+    for op in module.ops:
+        name = op.properties.get("sym_name")
+        if not isinstance(op, (FuncOp, MeshOp)) or not isinstance(name, StringAttr):
+            continue
+        if name.data in seen:
+            first = loc_of(seen[name.data].location)
+            at = f" at line {first.line}" if first is not None else ""
+            raise FirError(f"symbol @{name.data} is already defined{at}", loc_of(op.location))
+        seen[name.data] = op
+
+
+# -- placement ------------------------------------------------------------------------------------------------
+def _symbol(attrs: dict[str, Attribute], name: str) -> str | None:
+    attr = attrs.get(name)
+    return OP_ATTRS[MESH].to_python(attr).name if attr is not None else None
+
+
+class _Placement:
+    """Checks every placement and nd-SBP of a module against its meshes."""
+
+    def __init__(self, module: ModuleOp):
+        self.meshes: dict[str, Mesh] = {op.sym_name.data: op.mesh() for op in module.ops if isinstance(op, MeshOp)}
+
+    def mesh(self, name: str | None, what: str, where: SourceLoc | None) -> Mesh | None:
+        if name is None:
+            return None
+        if name not in self.meshes:
+            declared = ", ".join(f"@{m}" for m in self.meshes) if self.meshes else "none"
+            raise FirError(f"{what}: unknown mesh @{name} (declared: {declared})", where)
+        return self.meshes[name]
+
+    def layout(self, nd: NdSbp | None, what: str, shape: tuple[int, ...] | None, mesh: Mesh | None,
+               where: SourceLoc | None) -> None:
+        """`nd` must have one entry per mesh axis and, where the logical shape is known, lay the tensor out.
+        `what` names it, with `{}` where the nd-SBP goes: `flow.exp: sbp {} of the result`."""
+        if nd is None:
+            return
+        if mesh is None:
+            reason = _unplaced_reason(nd, shape)
+        elif shape is None:
+            reason = (f"it has {len(nd)} entries but the mesh has {len(mesh.shape)} axes"
+                      if len(nd) != len(mesh.shape) else None)
+        else:
+            reason = layout.check_nd(shape, nd, mesh.shape)
+        if reason is not None:
+            on = f" on mesh @{mesh.name} of shape {list(mesh.shape)}" if mesh is not None else ""
+            raise FirError(f"{what.format(format_nd(nd))} cannot lay out {_fmt_shape(shape)}{on}: {reason}", where)
+
+    def check(self, module: ModuleOp) -> None:
+        for func in module.ops:
+            if isinstance(func, FuncOp):
+                self.func(func)
+
+    def func(self, func: FuncOp) -> None:
+        fname = f"@{func.sym_name.data}"
+        floc = loc_of(func.location)
+        fmesh = self.mesh(_symbol(dict(func.attributes), MESH), f"function {fname}", floc)
+        # A per-device program holds local pieces: the logical shapes of its values are not known here.
+        local = "device" in func.attributes
+        block = func.body.blocks.first
+        assert block is not None
+        ftype = func.function_type
+        arg_dicts = [dict(d.data) for d in func.arg_attrs.data] if func.arg_attrs is not None else []
+        for i, (arg, d) in enumerate(zip(block.args, arg_dicts)):
+            what = f"argument {_value_name(arg, i)} of {fname}"
+            where = loc_of(getattr(arg, "location", None)) or floc
+            mesh = self.mesh(_symbol(d, MESH), what, where) or fmesh
+            nd = OP_ATTRS[SBP].to_python(d[SBP]) if SBP in d else None
+            self.layout(nd, f"{what}: sbp {{}}", _shape(arg.type, local), mesh, where)
+        res_dicts = [dict(d.data) for d in func.res_attrs.data] if func.res_attrs is not None else []
+        for i, (t, d) in enumerate(zip(ftype.outputs.data, res_dicts)):
+            what = f"result {i} of {fname}"
+            mesh = self.mesh(_symbol(d, MESH), what, floc) or fmesh
+            nd = OP_ATTRS[SBP].to_python(d[SBP]) if SBP in d else None
+            self.layout(nd, f"{what}: sbp {{}}", _shape(t, local), mesh, floc)
+        for op in block.ops:
+            if isinstance(op, CommOp):
+                self.comm(op, local)
+            elif isinstance(op, FirOp):
+                self.op(op, fmesh, local)
+
+    def op(self, op: FirOp, fmesh: Mesh | None, local: bool) -> None:
+        where = loc_of(op.location)
+        attrs = dict(op.attributes)
+        for name in attrs:  # the verifier read these values; their storage must be the .fir one too
+            if name in OP_ATTRS:
+                problem = _check_value(OP_ATTRS[name], attrs[name])
+                if problem is not None:
+                    raise FirError(attr_message(f"'{op.name}' op attribute '{name}'", problem), where)
+        mesh = self.mesh(_symbol(attrs, MESH), op.name, where) or fmesh
+        if SBP in attrs and op.results:
+            self.layout(OP_ATTRS[SBP].to_python(attrs[SBP]), f"{op.name}: sbp {{}} of the result",
+                        _shape(op.results[0].type, local), mesh, where)
+        if SBP_IN in attrs:
+            for i, (nd, v) in enumerate(zip(OP_ATTRS[SBP_IN].to_python(attrs[SBP_IN]), op.operands)):
+                self.layout(nd, f"{op.name}: sbp_in {{}} of operand {i}", _shape(v.type, local), mesh, where)
+
+    def comm(self, op: CommOp, local: bool) -> None:
+        where = loc_of(op.location)
+        values = op.attr_values()
+        src = self.mesh(values["mesh"].name, op.name, where) if "mesh" in values else None
+        dst = self.mesh(values["to_mesh"].name, op.name, where) if "to_mesh" in values else src
+        local = local or op.is_local
+        if "from" in values and op.operands:
+            self.layout(values["from"], f"{op.name}: from {{}}", _shape(op.operands[0].type, local), src, where)
+        if "to" in values and op.results:
+            self.layout(values["to"], f"{op.name}: to {{}}", _shape(op.results[0].type, local), dst, where)
+
+
+def _value_name(v: SSAValue, index: int) -> str:
+    return f"%{v.name_hint}" if v.name_hint else str(index)
+
+
+def _shape(t: Attribute, local: bool) -> tuple[int, ...] | None:
+    return None if local else to_tt(t)[0]
+
+
+def _fmt_shape(shape: tuple[int, ...] | None) -> str:
+    if shape is None:
+        return "the tensor"
+    return "a tensor of shape " + ("x".join(map(str, shape)) if shape else "[] (rank 0)")
+
+
+def _unplaced_reason(nd: NdSbp, shape: tuple[int, ...] | None) -> str | None:
+    """What is wrong with the nd-SBP of a value placed on no mesh: only its own rules can be checked."""
+    if len({s.op for s in nd if isinstance(s, Partial)}) > 1:
+        return "it mixes P and P(max), whose order of reduction would matter"
+    if shape is not None:
+        for s in nd:
+            if isinstance(s, Split) and s.axis >= len(shape):
+                return f"{s} names axis {s.axis} but the tensor has rank {len(shape)}"
+    return None
+
+
+def check_placement(module: ModuleOp) -> None:
+    """Every `mesh` names a declared sbp.mesh; every nd-SBP fits its mesh and its value's shape. Raise FirError."""
+    _Placement(module).check(module)
+
+
 def verify_module(module: ModuleOp) -> None:
     """Run every op's verifier; the first failure becomes a FirError at that op's location."""
     # The module and functions first: the structure check and the op verifiers rely on their shape.
     if len(module.body.blocks) != 1:
         raise FirError("a module must have exactly one block", loc_of(module.location))
+    _check_symbols(module)
     for op in (module, *module.ops):
         _verify_op(op)
     _check_structure(module)
     for op in module.walk():
         _verify_op(op)
+    check_placement(module)
 
 
 def _verify_op(op: Operation) -> None:

@@ -19,9 +19,8 @@ from xdsl.xdsl_opt_main import xDSLOptMain
 
 from fir import __version__
 from fir.diagnostics import FirError
-from fir.dialects.flow import Flow
 from fir.fir_printer import print_fir
-from fir.frontend import parse_source, verify_module
+from fir.frontend import DIALECTS, parse_source, verify_module
 from fir.passes import available_passes
 from fir_tools.common import guarded_main, read_text, report
 
@@ -59,10 +58,7 @@ class FirOptMain(xDSLOptMain):
         super().__init__(description="fir-opt: run fir passes over a .fir or MLIR program", args=args)
 
     def register_all_dialects(self) -> None:
-        from xdsl.dialects.builtin import Builtin
-        from xdsl.dialects.func import Func
-
-        for dialect in (Builtin, Func, Flow):
+        for dialect in DIALECTS:
             self.ctx.register_dialect(dialect.name, lambda d=dialect: d)
 
     def register_all_frontends(self) -> None:

@@ -10,10 +10,13 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
 
 from fir.diagnostics import FirError, loc_of
-from fir.dtypes import format_type, nbytes
+from fir.distribute import compare_all, distribute
+from fir.dtypes import dtype_name, format_type, nbytes
 from fir.frontend import parse_source
 from fir.runtime.inputs import load_inputs, random_inputs, result_names, save_outputs
-from fir.runtime.interpreter import find_function, run_function
+from fir.placement import places
+from fir.runtime.interpreter import find_function, run_function, start_of
+from fir.runtime.virtual_devices import devices_needed, run_partitioned
 from fir_tools.common import guarded_main, read_text, report
 
 
@@ -29,9 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, metavar="N", help="random inputs from this seed (the default is 0)")
     p.add_argument("--output", metavar="FILE.npz", help="write the results here, keyed by result name")
     p.add_argument("--backend", choices=["numpy"], default="numpy", help="execution backend (default: numpy)")
+    p.add_argument("--devices", type=_positive, metavar="N",
+                   help="virtual devices to run on (default: as many as the program's meshes use)")
+    p.add_argument("--check", action="store_true",
+                   help="also run the single-device reference and compare every result with it")
     p.add_argument("-f", "--frontend", choices=["fir", "mlir"], help="input syntax (default: by extension or content)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of devices, got '{text}'")
+    return n
 
 
 def summarize(name: str, t: str, value: np.ndarray) -> str:
@@ -54,7 +71,8 @@ def summarize(name: str, t: str, value: np.ndarray) -> str:
 
 
 def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
-    """Make the inputs and run `func`; returns (inputs, where they came from, outputs)."""
+    """Make the inputs and run `func`, on virtual devices when the program has meshes; returns (inputs, where
+    they came from, outputs, number of devices)."""
     try:
         if args.inputs:
             inputs = load_inputs(args.inputs, func)
@@ -63,7 +81,15 @@ def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
             seed = 0 if args.seed is None else args.seed
             inputs = random_inputs(func, seed)
             origin = f"random, seed {seed}"
-        return inputs, origin, run_function(module, func, inputs)
+        if not places(func):
+            return inputs, origin, run_function(module, func, inputs), 1
+        needed = devices_needed(module)
+        n = args.devices or needed
+        if n < needed:
+            raise FirError(f"the program's meshes use {needed} devices, but fir-run has {n} (--devices {n})",
+                           start_of(module))
+        outputs = run_partitioned(distribute(module), func.sym_name.data, inputs, n)
+        return inputs, origin, outputs, n
     except MemoryError:
         need = sum(nbytes(a.type) for a in func.body.blocks.first.args)  # type: ignore[union-attr]
         raise FirError(f"out of memory running @{func.sym_name.data} (its inputs alone take {need} bytes)",
@@ -79,7 +105,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         module = parse_source(text, name, syntax)
         func = find_function(module, args.entry)
-        inputs, origin, outputs = _execute(module, func, args)
+        inputs, origin, outputs, n_devices = _execute(module, func, args)
+        checks = compare_all(outputs, run_function(module, func, inputs),
+                             [dtype_name(t.element_type) for t in func.function_type.outputs.data]) if args.check else []
     except FirError as e:
         report("fir-run", e, {name: text})
         return 1
@@ -87,11 +115,23 @@ def run(argv: list[str] | None = None) -> int:
     if args.output:
         save_outputs(args.output, names, outputs)
     if not args.quiet:
-        print(f"@{func.sym_name.data}: {len(inputs)} input(s) ({origin}), {len(outputs)} result(s), backend {args.backend}")
+        where = f", {n_devices} virtual devices" if n_devices > 1 else ""
+        print(f"@{func.sym_name.data}: {len(inputs)} input(s) ({origin}), {len(outputs)} result(s), "
+              f"backend {args.backend}{where}")
         for n, v, t in zip(names, outputs, func.function_type.outputs.data):
             print(summarize(n, format_type(t), v))
         if args.output:
             print(f"wrote {args.output}")
+    bad = [(n, c) for n, c in zip(names, checks) if not c.ok]
+    if args.check and not args.quiet:
+        for n, c in zip(names, checks):
+            print(f"check {n}: {'ok' if c.ok else 'MISMATCH'} (max abs error {c.max_abs_error:.3g} against "
+                  "the single-device reference)")
+    if bad:
+        n, c = bad[0]
+        report("fir-run", FirError(f"result {n} differs from the single-device reference "
+                                   f"(max abs error {c.max_abs_error:.3g})"), {name: text})
+        return 1
     return 0
 
 

@@ -126,6 +126,8 @@ class NdSbpSpec(AttrSpec):
         return "an SBP list such as [S(0)] or [S(0), B]"
 
     def to_attr(self, value: Any) -> Attribute:
+        if isinstance(value, tuple) and value and all(isinstance(s, (Split, Broadcast, Partial)) for s in value):
+            return nd_to_attr(value)  # a Python nd-SBP, as passes and verifiers hold it
         try:
             return nd_to_attr(nd_from_literal(value))
         except SbpSyntaxError as e:

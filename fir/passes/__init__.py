@@ -25,6 +25,29 @@ def _canonicalize() -> type[ModulePass]:
     return CanonicalizePass
 
 
+def _sbp_infer() -> type[ModulePass]:
+    from fir.passes.sbp_infer import SbpInferPass
+
+    return SbpInferPass
+
+
+def _insert_boxing() -> type[ModulePass]:
+    from fir.passes.insert_boxing import InsertBoxingPass
+
+    return InsertBoxingPass
+
+
+def _partition() -> type[ModulePass]:
+    from fir.passes.partition import PartitionPass
+
+    return PartitionPass
+
+
+# The passes that turn a logical program into device programs, in order (fir-run applies them).
+DISTRIBUTION_PIPELINE = ("sbp-infer", "insert-boxing", "partition")
+
+
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     """Pass name -> factory of the pass class, as xDSLOptMain expects."""
-    return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce}
+    return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce, "sbp-infer": _sbp_infer,
+            "insert-boxing": _insert_boxing, "partition": _partition}

@@ -147,7 +147,7 @@
 // -----
 
 "builtin.module"() ({
-  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: 'builtin.unrealized_conversion_cast' cannot appear at module level (only func.func)
+  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: 'builtin.unrealized_conversion_cast' cannot appear at module level (only func.func and sbp.mesh)
   "builtin.unrealized_conversion_cast"() : () -> ()
 }) : () -> ()
 

@@ -1,0 +1,51 @@
+"""The distribution pipeline as one call, and the check of distributed results against the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+
+from fir import dtypes
+from fir.frontend import make_context, verify_module
+from fir.passes import DISTRIBUTION_PIPELINE, available_passes
+
+
+def distribute(module: ModuleOp, ctx: Context | None = None) -> ModuleOp:
+    """A partitioned copy of a logical module: sbp-infer, insert-boxing and partition, verified after each."""
+    ctx = ctx or make_context()
+    out = module.clone()
+    passes = available_passes()
+    for name in DISTRIBUTION_PIPELINE:
+        passes[name]()().apply(ctx, out)
+        verify_module(out)
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How one result compares with the reference."""
+
+    max_abs_error: float
+    ok: bool
+
+
+def compare(got: np.ndarray, want: np.ndarray, dtype: str) -> Comparison:
+    """Compare a result with the single-device reference within the dtype's tolerance (fir.dtypes.TOLERANCE)."""
+    if got.shape != want.shape:
+        return Comparison(float("inf"), False)
+    rtol, atol = dtypes.TOLERANCE[dtype]
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    finite = np.isfinite(w) & np.isfinite(g)
+    same_special = np.array_equal(np.isnan(g), np.isnan(w)) and np.array_equal(g[np.isinf(w)], w[np.isinf(w)])
+    err = float(np.max(np.abs(g[finite] - w[finite]), initial=0.0))
+    ok = same_special and bool(np.allclose(g[finite], w[finite], rtol=rtol, atol=atol))
+    return Comparison(err, ok)
+
+
+def compare_all(got: Sequence[np.ndarray], want: Sequence[np.ndarray], types: Sequence[str]) -> list[Comparison]:
+    """Compare every result."""
+    return [compare(g, w, t) for g, w, t in zip(got, want, types)]

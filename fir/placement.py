@@ -1,0 +1,120 @@
+"""Reading and writing placement and SBP annotations on functions, arguments, results and ops.
+
+Placement of an op is its own `mesh` attribute, else its function's; an argument's or result's is its own
+`mesh` entry, else its function's. The passes sbp-infer, insert-boxing and partition all go through here.
+"""
+
+from __future__ import annotations
+
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntegerAttr, SymbolRefAttr, i64
+from xdsl.dialects.func import FuncOp
+from xdsl.ir import Attribute, Operation
+
+from fir.diagnostics import FirError, loc_of
+from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, nd_to_attr
+from fir.sbp import Mesh, NdSbp
+
+
+# Function attributes of a device program (written by partition).
+DEVICE = "device"
+OF = "of"
+ARGS = "args"
+RESULTS = "results"
+
+
+def symbol_name(attr: Attribute | None) -> str | None:
+    """The name in a flat SymbolRefAttr, or None."""
+    if isinstance(attr, SymbolRefAttr):
+        return attr.root_reference.data
+    return None
+
+
+def func_mesh(func: FuncOp) -> str | None:
+    """The function's default placement."""
+    return symbol_name(func.attributes.get(MESH))
+
+
+def op_mesh(op: Operation, func: FuncOp) -> str | None:
+    """Where an op runs: its own mesh, else its function's."""
+    return symbol_name(op.attributes.get(MESH)) or func_mesh(func)
+
+
+def _dicts(func: FuncOp, which: str, n: int) -> list[dict[str, Attribute]]:
+    attr = getattr(func, which)
+    if attr is None:
+        return [{} for _ in range(n)]
+    return [dict(d.data) for d in attr.data]
+
+
+def arg_attrs(func: FuncOp) -> list[dict[str, Attribute]]:
+    """Each argument's attribute dictionary (empty when none)."""
+    return _dicts(func, "arg_attrs", len(func.function_type.inputs.data))
+
+
+def res_attrs(func: FuncOp) -> list[dict[str, Attribute]]:
+    """Each result's attribute dictionary (empty when none)."""
+    return _dicts(func, "res_attrs", len(func.function_type.outputs.data))
+
+
+def _store(dicts: list[dict[str, Attribute]]) -> ArrayAttr | None:
+    if not any(dicts):
+        return None
+    return ArrayAttr([DictionaryAttr(d) for d in dicts])
+
+
+def set_arg_attrs(func: FuncOp, dicts: list[dict[str, Attribute]]) -> None:
+    """Replace the argument attribute dictionaries."""
+    func.arg_attrs = _store(dicts)
+
+
+def set_res_attrs(func: FuncOp, dicts: list[dict[str, Attribute]]) -> None:
+    """Replace the result attribute dictionaries."""
+    func.res_attrs = _store(dicts)
+
+
+def value_sbp(d: dict[str, Attribute]) -> NdSbp | None:
+    """The nd-SBP in an argument or result dictionary."""
+    return VALUE_ATTRS[SBP].to_python(d[SBP]) if SBP in d else None
+
+
+def value_mesh(d: dict[str, Attribute], func: FuncOp) -> str | None:
+    """The placement in an argument or result dictionary, else the function's."""
+    return symbol_name(d.get(MESH)) or func_mesh(func)
+
+
+def layout_attrs(nd: NdSbp, mesh: str | None = None) -> dict[str, Attribute]:
+    """A dictionary holding an nd-SBP (and a placement)."""
+    out: dict[str, Attribute] = {SBP: nd_to_attr(nd)}
+    if mesh is not None:
+        out[MESH] = SymbolRefAttr(mesh)
+    return out
+
+
+def int_attr(v: int) -> IntegerAttr:
+    """An i64 attribute."""
+    return IntegerAttr(v, i64)
+
+
+def places(func: FuncOp) -> bool:
+    """True when the function, one of its arguments or results, or one of its ops names a mesh: the
+    distribution passes transform it. Other functions stay single-device programs, and device programs
+    (partition's output, marked `device = K`) are already distributed."""
+    if DEVICE in func.attributes:
+        return False
+    if MESH in func.attributes:
+        return True
+    if any(MESH in d for d in (*arg_attrs(func), *res_attrs(func))):
+        return True
+    return any(MESH in op.attributes for op in func.body.ops)
+
+
+def lookup_mesh(meshes: dict[str, Mesh], name: str | None, what: str, where: Operation) -> Mesh:
+    """The mesh of a placement, or a located error saying what has none."""
+    if name is None:
+        raise FirError(f"{what} has no placement: give the function `attributes {{mesh = @m}}` or {what} its "
+                       "own `mesh`", loc_of(where.location))
+    if name not in meshes:
+        raise FirError(f"{what} is placed on unknown mesh @{name}", loc_of(where.location))
+    return meshes[name]
+
+

@@ -1,0 +1,256 @@
+"""Run a partitioned program on N virtual devices in one process.
+
+Each device runs its own program (the `@f.devK` functions partition made) over its own memory: a dictionary of
+the numpy arrays it holds, never shared with another device. A program is a generator that stops at every comm
+op; the scheduler resumes devices round-robin and completes a collective once every member of its group has
+arrived, moving real copies of the data between the devices' memories (fir.runtime.collectives). Sends are
+buffered; a receive waits for its send. Logical inputs are scattered to the devices by their SBP and the
+results gathered back (fir.layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.func import FuncOp, ReturnOp
+from xdsl.ir import SSAValue
+
+from fir import dtypes, layout
+from fir.diagnostics import FirError, loc_of
+from fir.dialects.base import to_tt
+from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
+from fir.dialects.flow import FlowOp
+from fir.dialects.sbp import meshes_of
+from fir.placement import ARGS, DEVICE, OF, RESULTS, arg_attrs, res_attrs, symbol_name, value_mesh, value_sbp
+from fir.runtime import collectives
+from fir.runtime.reference import KernelError, evaluate
+from fir.sbp import Mesh, NdSbp, Partial, Split
+
+
+@dataclass
+class VirtualDevice:
+    """One device: its program and the arrays it holds."""
+
+    id: int
+    func: FuncOp
+    memory: dict[SSAValue, np.ndarray] = field(default_factory=dict)
+    peak_bytes: int = 0
+
+    def store(self, v: SSAValue, x: np.ndarray) -> None:
+        """Keep a value in this device's memory."""
+        self.memory[v] = x
+        self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for a in self.memory.values()))
+
+
+@dataclass(frozen=True)
+class _Collective:
+    op: CollectiveOp
+    key: tuple
+
+
+@dataclass(frozen=True)
+class _Send:
+    key: tuple
+
+
+@dataclass(frozen=True)
+class _Recv:
+    op: RecvOp
+    key: tuple
+
+
+def device_programs(module: ModuleOp, name: str) -> list[FuncOp]:
+    """The device functions partition made of logical function @name, by device."""
+    progs = [f for f in module.ops if isinstance(f, FuncOp) and symbol_name(f.attributes.get(OF)) == name]
+    return sorted(progs, key=lambda f: f.attributes[DEVICE].value.data)
+
+
+def devices_needed(module: ModuleOp) -> int:
+    """How many devices the program's meshes cover (the largest device id + 1)."""
+    return max((d + 1 for m in meshes_of(module).values() for d in m.devices), default=1)
+
+
+def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list[np.ndarray]]:
+    block = dev.func.body.blocks.first
+    assert block is not None
+    for a, x in zip(block.args, args):
+        dev.store(a, x)
+    for op in block.ops:
+        if isinstance(op, ReturnOp):
+            return [dev.memory[v] for v in op.operands]
+        ins = [dev.memory[v] for v in op.operands]
+        if isinstance(op, FlowOp):
+            shape, dt = to_tt(op.results[0].type)
+            try:
+                out = evaluate(op.name, ins, op.attr_values(), shape, dtypes.numpy_dtype(dt))
+            except KernelError as e:
+                raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
+        elif isinstance(op, CollectiveOp):
+            vals = op.attr_values()
+            out = yield _Collective(op, (vals["id"], tuple(vals["group"]))), ins[0]
+        elif isinstance(op, SendOp):
+            vals = op.attr_values()
+            yield _Send((vals["id"], dev.id, vals["to_device"])), ins[0]
+            continue
+        elif isinstance(op, RecvOp):
+            vals = op.attr_values()
+            out = yield _Recv(op, (vals["id"], vals["from_device"], dev.id)), None
+        else:
+            raise FirError(f"'{op.name}' cannot run on a virtual device", loc_of(op.location))
+        want = to_tt(op.results[0].type)
+        if (tuple(out.shape), dtypes.dtype_of_numpy(out.dtype)) != want:
+            raise FirError(f"device {dev.id}: '{op.name}' produced {out.shape} {out.dtype}, but its type is "
+                           f"{op.results[0].type}", loc_of(op.location))
+        dev.store(op.results[0], out)
+    raise AssertionError("a function ends with func.return")
+
+
+def _complete(op: CollectiveOp, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Each member's result of a collective, from the members' local arrays in group order."""
+    _, src, dst = op.transition()
+    if op.KIND == "all_reduce":
+        assert isinstance(src, Partial)
+        r = collectives.all_reduce(arrays, src.op)
+        return list(r) if isinstance(r, list) else [np.array(r, copy=True) for _ in arrays]
+    if op.KIND == "reduce_scatter":
+        assert isinstance(src, Partial) and isinstance(dst, Split)
+        return collectives.reduce_scatter(arrays, src.op, dst.axis)
+    if op.KIND == "all_gather":
+        assert isinstance(src, Split)
+        r = collectives.all_gather(arrays, src.axis)
+        return list(r) if isinstance(r, list) else [np.array(r, copy=True) for _ in arrays]
+    if op.KIND == "all_to_all":
+        assert isinstance(src, Split) and isinstance(dst, Split)
+        return collectives.all_to_all(arrays, dst.axis, src.axis)
+    raise FirError(f"'{op.name}' is not a collective the runtime knows", loc_of(op.location))
+
+
+def _describe(dev_id: int, req: Any) -> str:
+    if isinstance(req, _Collective):
+        return f"device {dev_id} waits in {req.op.name} (id {req.key[0]}, group {list(req.key[1])})"
+    return f"device {dev_id} waits in comm.recv (id {req.key[0]}) from device {req.key[1]}"
+
+
+def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
+    """Run device programs to completion; returns each device's results."""
+    devices = {int(f.attributes[DEVICE].value.data): VirtualDevice(int(f.attributes[DEVICE].value.data), f)
+               for f in programs}
+    gens = {d: _run(dev, device_args[d]) for d, dev in devices.items()}
+    resume: dict[int, Any] = {d: None for d in gens}  # devices ready to run, with the value to resume with
+    waiting: dict[int, Any] = {}
+    arrived: dict[tuple, dict[int, np.ndarray]] = {}
+    mailbox: dict[tuple, np.ndarray] = {}
+    results: dict[int, list[np.ndarray]] = {}
+    started: set[int] = set()
+    while resume or waiting:
+        for d in sorted(resume):
+            value = resume.pop(d)
+            while True:
+                try:
+                    req, payload = gens[d].send(value) if d in started else next(gens[d])
+                    started.add(d)
+                except StopIteration as stop:
+                    results[d] = stop.value
+                    break
+                if isinstance(req, _Send):
+                    mailbox[req.key] = np.array(payload, copy=True)  # buffered: the sender goes on
+                    value = None
+                    continue
+                if isinstance(req, _Collective):
+                    arrived.setdefault(req.key, {})[d] = np.array(payload, copy=True)
+                waiting[d] = req
+                break
+        progressed = False
+        for d, req in list(waiting.items()):
+            if isinstance(req, _Recv) and req.key in mailbox:
+                resume[d] = mailbox.pop(req.key)
+                del waiting[d]
+                progressed = True
+        for key, got in list(arrived.items()):
+            group = key[1]
+            if len(got) == len(group):
+                outs = _complete(waiting[group[0]].op, [got[m] for m in group])
+                for m, out in zip(group, outs):
+                    resume[m] = out
+                    del waiting[m]
+                del arrived[key]
+                progressed = True
+        if waiting and not resume and not progressed:
+            stuck = "; ".join(_describe(d, r) for d, r in sorted(waiting.items()))
+            first = next(iter(waiting.values()))
+            raise FirError(f"deadlock: {stuck}", loc_of(first.op.location))
+    if mailbox:
+        key = next(iter(mailbox))
+        raise FirError(f"device {key[1]} sent a value (id {key[0]}) to device {key[2]} that never received it")
+    return results
+
+
+def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n_devices: int) -> list[np.ndarray]:
+    """Scatter logical inputs, run every device program of @name, gather the logical results."""
+    programs = device_programs(module, name)
+    if not programs:
+        raise FirError(f"no device programs of @{name} (run the partition pass)")
+    meshes = meshes_of(module)
+    for f in programs:
+        d = f.attributes[DEVICE].value.data
+        if d >= n_devices:
+            raise FirError(f"@{name} runs on device {d}, but there are only {n_devices} virtual devices "
+                           f"(use --devices {devices_needed(module)})")
+    scattered: dict[int, dict[int, np.ndarray]] = {}
+    device_args: dict[int, list[np.ndarray]] = {}
+    for f in programs:
+        d = f.attributes[DEVICE].value.data
+        index = _indices(f, ARGS, len(inputs))
+        args = []
+        for i, attrs in zip(index, arg_attrs(f)):
+            mesh, nd = meshes[value_mesh(attrs, f)], value_sbp(attrs)
+            if i not in scattered:
+                scattered[i] = layout.scatter(inputs[i], nd, mesh)
+            args.append(scattered[i][d])
+        device_args[d] = args
+    outs = execute(programs, device_args)
+    pieces: dict[int, tuple[Mesh, NdSbp, dict[int, np.ndarray]]] = {}
+    n_results = 0
+    for f in programs:
+        d = f.attributes[DEVICE].value.data
+        n_results = max(n_results, len(f.function_type.outputs.data))
+        index = _indices(f, RESULTS, None)
+        for i, attrs, x in zip(index, res_attrs(f), outs[d]):
+            mesh, nd = meshes[value_mesh(attrs, f)], value_sbp(attrs)
+            pieces.setdefault(i, (mesh, nd, {}))[2][d] = x
+    result = []
+    for i in sorted(pieces):
+        mesh, nd, locals_ = pieces[i]
+        bad = layout.broadcast_mismatch(locals_, nd, mesh)
+        if bad is not None:
+            raise FirError(f"result {i} is broadcast ({nd}), but device {bad} holds a different copy")
+        shape = _logical_shape(locals_, nd, mesh)
+        result.append(layout.assemble(locals_, nd, mesh, shape, next(iter(locals_.values())).dtype))
+    return result
+
+
+def _indices(f: FuncOp, attr: str, n: int | None) -> list[int]:
+    if attr in f.attributes:
+        return [int(x) for x in f.attributes[attr].get_values()]
+    count = len(f.function_type.inputs.data if attr == ARGS else f.function_type.outputs.data)
+    return list(range(count if n is None else n))
+
+
+def _logical_shape(locals_: dict[int, np.ndarray], nd: NdSbp, mesh: Mesh) -> tuple[int, ...]:
+    """The logical shape, from the local shapes along each split axis."""
+    first = next(iter(locals_.values()))
+    shape = list(first.shape)
+    for axis in range(len(shape)):
+        splitting = [a for a, s in enumerate(nd) if isinstance(s, Split) and s.axis == axis]
+        if not splitting:
+            continue
+        total = 0
+        for coord in mesh.coords():
+            if all(coord[a] == 0 for a in range(len(nd)) if a not in splitting):
+                total += locals_[mesh.device_at(coord)].shape[axis]
+        shape[axis] = total
+    return tuple(shape)
