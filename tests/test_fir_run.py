@@ -123,3 +123,42 @@ func.func @f(%x: tensor<4xbf16>) -> tensor<4xbf16> {
     got = _run_to_npz(tmp_path, str(program), {"x": x.view(np.uint16)})
     assert got["y"].dtype == np.float32
     np.testing.assert_array_equal(got["y"], (x.astype(np.float32) ** 2))
+
+
+# ----------------------------------------------------------------------------------------------- virtual devices
+def test_tensor_parallel_mlp_matches_numpy(tmp_path, capsys):
+    """tp_mlp on 4 virtual devices against numpy, with inputs from a file (scattered by their SBP)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 1024)).astype(np.float32)
+    w1 = (rng.standard_normal((1024, 4096)) / 32).astype(np.float32)
+    b1 = rng.standard_normal(4096).astype(np.float32)
+    w2 = (rng.standard_normal((4096, 1024)) / 64).astype(np.float32)
+    b2 = rng.standard_normal(1024).astype(np.float32)
+    got = _run_to_npz(tmp_path, os.path.join(EXAMPLES, "tp_mlp.fir"), dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2))
+    h = x.astype(np.float64) @ w1 + b1
+    h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
+    want = h @ w2 + b2
+    rtol, atol = TOLERANCE["f32"]
+    np.testing.assert_allclose(got["y"], want, rtol=rtol * 10, atol=atol * 100)
+
+
+def test_devices_flag(capsys):
+    prog = os.path.join(EXAMPLES, "dp_tp_mlp.fir")
+    assert fir_run([prog, "--devices", "6", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "6 virtual devices" in out and "check y: ok" in out
+    assert fir_run([prog, "--devices", "3"]) == 1
+    assert "error: mesh @grid uses device 3, but there are only 3 virtual devices" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        fir_run([prog, "--devices", "zero"])
+    assert e.value.code == 2
+
+
+def test_check_reports_a_wrong_result(monkeypatch, capsys):
+    """--check fails (exit 1, naming the result) when the distributed run disagrees with the reference."""
+    import fir_tools.fir_run as tool
+
+    real = tool.run_partitioned
+    monkeypatch.setattr(tool, "run_partitioned", lambda *a: [r + 1e-3 for r in real(*a)])
+    assert fir_run([os.path.join(EXAMPLES, "tp_mlp.fir"), "--check", "--quiet"]) == 1
+    assert "error: result y differs from the single-device reference" in capsys.readouterr().err

@@ -15,8 +15,8 @@ from fir.dtypes import dtype_name, format_type, nbytes
 from fir.frontend import parse_source
 from fir.runtime.inputs import load_inputs, random_inputs, result_names, save_outputs
 from fir.placement import places
-from fir.runtime.interpreter import find_function, run_function, start_of
-from fir.runtime.virtual_devices import devices_needed, run_partitioned
+from fir.runtime.interpreter import find_function, run_function
+from fir.runtime.virtual_devices import check_devices, devices_needed, run_partitioned
 from fir_tools.common import guarded_main, read_text, report
 
 
@@ -83,11 +83,8 @@ def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
             origin = f"random, seed {seed}"
         if not places(func):
             return inputs, origin, run_function(module, func, inputs), 1
-        needed = devices_needed(module)
-        n = args.devices or needed
-        if n < needed:
-            raise FirError(f"the program's meshes use {needed} devices, but fir-run has {n} (--devices {n})",
-                           start_of(module))
+        n = args.devices or devices_needed(module)
+        check_devices(module, n)
         outputs = run_partitioned(distribute(module), func.sym_name.data, inputs, n)
         return inputs, origin, outputs, n
     except MemoryError:

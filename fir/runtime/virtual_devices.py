@@ -24,7 +24,7 @@ from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
-from fir.dialects.sbp import meshes_of
+from fir.dialects.sbp import MeshOp, meshes_of
 from fir.placement import ARGS, DEVICE, OF, RESULTS, arg_attrs, res_attrs, symbol_name, value_mesh, value_sbp
 from fir.runtime import collectives
 from fir.runtime.reference import KernelError, evaluate
@@ -72,6 +72,15 @@ def device_programs(module: ModuleOp, name: str) -> list[FuncOp]:
 def devices_needed(module: ModuleOp) -> int:
     """How many devices the program's meshes cover (the largest device id + 1)."""
     return max((d + 1 for m in meshes_of(module).values() for d in m.devices), default=1)
+
+
+def check_devices(module: ModuleOp, n: int) -> None:
+    """Raise a FirError at the first mesh that uses a device beyond the `n` virtual devices."""
+    for op in module.ops:
+        if isinstance(op, MeshOp) and max(op.device_values()) >= n:
+            raise FirError(f"mesh @{op.sym_name.data} uses device {max(op.device_values())}, but there are only {n} "
+                           f"virtual devices (--devices {n}); the program needs --devices {devices_needed(module)}",
+                           loc_of(op.location))
 
 
 def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list[np.ndarray]]:
