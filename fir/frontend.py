@@ -16,7 +16,8 @@ from fir.attr_schema import AttrError, AttrSpec, IntListSpec, IntSpec
 from fir.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.base import FirOp
 from fir.dialects.comm import Comm, CommOp
-from fir.dialects.flow import Flow, to_tt
+from fir.dialects.base import to_tt
+from fir.dialects.flow import Flow
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
 from fir.fir_parser import FUNC_ATTRS, VALUE_ATTRS, attr_message, parse_fir
 from fir.sbp import Mesh, NdSbp, Partial, Split, format_nd

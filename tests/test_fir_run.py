@@ -23,17 +23,24 @@ def _run_to_npz(tmp_path, program: str, inputs: dict[str, np.ndarray], *extra: s
         return {k: z[k] for k in z.files}
 
 
-def test_mlp_matches_numpy(tmp_path):
-    rng = np.random.default_rng(3)
+def _mlp_inputs_and_reference(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inputs of examples/mlp.fir (and tp_mlp.fir, the same model) and its result computed in float64."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((64, 1024)).astype(np.float32)
     w1 = (rng.standard_normal((1024, 4096)) / 32).astype(np.float32)
     b1 = rng.standard_normal(4096).astype(np.float32)
     w2 = (rng.standard_normal((4096, 1024)) / 64).astype(np.float32)
     b2 = rng.standard_normal(1024).astype(np.float32)
-    got = _run_to_npz(tmp_path, os.path.join(EXAMPLES, "mlp.fir"), dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2))
     h = x.astype(np.float64) @ w1 + b1
     h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
-    want = h @ w2 + b2
+    return dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2), h @ w2 + b2
+
+
+@pytest.mark.parametrize("example", ["mlp.fir", "tp_mlp.fir"])
+def test_mlp_matches_numpy(tmp_path, example):
+    """The MLP on one device, and tensor-parallel on 4 virtual devices with inputs scattered by their SBP."""
+    inputs, want = _mlp_inputs_and_reference(3)
+    got = _run_to_npz(tmp_path, os.path.join(EXAMPLES, example), inputs)
     rtol, atol = TOLERANCE["f32"]
     np.testing.assert_allclose(got["y"], want, rtol=rtol * 10, atol=atol * 100)
 
@@ -126,22 +133,6 @@ func.func @f(%x: tensor<4xbf16>) -> tensor<4xbf16> {
 
 
 # ----------------------------------------------------------------------------------------------- virtual devices
-def test_tensor_parallel_mlp_matches_numpy(tmp_path, capsys):
-    """tp_mlp on 4 virtual devices against numpy, with inputs from a file (scattered by their SBP)."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((64, 1024)).astype(np.float32)
-    w1 = (rng.standard_normal((1024, 4096)) / 32).astype(np.float32)
-    b1 = rng.standard_normal(4096).astype(np.float32)
-    w2 = (rng.standard_normal((4096, 1024)) / 64).astype(np.float32)
-    b2 = rng.standard_normal(1024).astype(np.float32)
-    got = _run_to_npz(tmp_path, os.path.join(EXAMPLES, "tp_mlp.fir"), dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2))
-    h = x.astype(np.float64) @ w1 + b1
-    h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
-    want = h @ w2 + b2
-    rtol, atol = TOLERANCE["f32"]
-    np.testing.assert_allclose(got["y"], want, rtol=rtol * 10, atol=atol * 100)
-
-
 def test_devices_flag(capsys):
     prog = os.path.join(EXAMPLES, "dp_tp_mlp.fir")
     assert fir_run([prog, "--devices", "6", "--check"]) == 0

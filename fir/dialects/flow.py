@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, TensorType, i64
-from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.ir import Attribute, Dialect
 from xdsl.irdl import (
     IRDLOperation,
     irdl_op_definition,
@@ -40,7 +40,7 @@ from fir.attr_schema import (
 )
 from fir.shape_inference import ShapeError
 from fir.dialects import sbp as sbp_dialect
-from fir.dialects.base import TT, FirOp, fmt_tt, from_tt, to_tt
+from fir.dialects.base import TT, FirOp, fmt_tt, to_tt
 from fir.sbp import Split
 
 FLOATS = ("f32", "f16", "bf16")

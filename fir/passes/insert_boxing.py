@@ -25,7 +25,7 @@ from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN, meshes_of
 from fir.passes.sbp_infer import Layout
 from fir.placement import places, arg_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
-from fir.sbp import Mesh, NdSbp
+from fir.sbp import Mesh, NdSbp, format_nd
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,13 @@ class _Boxer:
         if sm == dm:
             path = boxing_path(snd, dnd, shape, dtype, sm.shape)
             if path is None:
-                raise FirError(f"cannot convert a value from {_fmt(snd)} to {_fmt(dnd)} on mesh @{sm.name}",
+                raise FirError(f"cannot convert a value from {format_nd(snd)} to {format_nd(dnd)} on mesh @{sm.name}",
                                loc_of(before.location))
             out = self._steps(v, path, sm, before)
         else:
             t = transfer_path(sm.shape, snd, dm.shape, dnd, shape, dtype, sm.size)
             if t is None:
-                raise FirError(f"cannot move a value from @{sm.name} {_fmt(snd)} to @{dm.name} {_fmt(dnd)}",
+                raise FirError(f"cannot move a value from @{sm.name} {format_nd(snd)} to @{dm.name} {format_nd(dnd)}",
                                loc_of(before.location))
             pre, x_src, x_dst, nbytes, post = t
             out = self._steps(v, pre, sm, before)
@@ -97,12 +97,6 @@ class _Boxer:
             op.results[0].name_hint = origin.name_hint if origin.name_hint.endswith(".b") else origin.name_hint + ".b"
         assert before.parent is not None
         before.parent.insert_op_before(op, before)
-
-
-def _fmt(nd: NdSbp) -> str:
-    from fir.sbp import format_nd
-
-    return format_nd(nd)
 
 
 def _box_function(func: FuncOp, meshes: dict[str, Mesh]) -> None:

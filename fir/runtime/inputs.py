@@ -15,7 +15,7 @@ from xdsl.ir import SSAValue
 from fir import dtypes
 from fir.diagnostics import FirError
 from fir.dialects import flow
-from fir.dialects.flow import to_tt
+from fir.dialects.base import to_tt
 
 
 def arg_names(func: FuncOp) -> list[str]:

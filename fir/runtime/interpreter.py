@@ -13,7 +13,8 @@ from xdsl.interpreters.func import FuncFunctions
 
 from fir import dtypes
 from fir.diagnostics import FirError, SourceLoc, loc_of
-from fir.dialects.flow import FLOW_OPS, FlowOp, to_tt
+from fir.dialects.base import to_tt
+from fir.dialects.flow import FLOW_OPS, FlowOp
 from fir.runtime.reference import KernelError, evaluate
 
 

@@ -38,12 +38,14 @@ class VirtualDevice:
     id: int
     func: FuncOp
     memory: dict[SSAValue, np.ndarray] = field(default_factory=dict)
+    held_bytes: int = 0
     peak_bytes: int = 0
 
     def store(self, v: SSAValue, x: np.ndarray) -> None:
         """Keep a value in this device's memory."""
         self.memory[v] = x
-        self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for a in self.memory.values()))
+        self.held_bytes += x.nbytes
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
 
 
 @dataclass(frozen=True)
@@ -123,15 +125,13 @@ def _complete(op: CollectiveOp, arrays: list[np.ndarray]) -> list[np.ndarray]:
     _, src, dst = op.transition()
     if op.KIND == "all_reduce":
         assert isinstance(src, Partial)
-        r = collectives.all_reduce(arrays, src.op)
-        return list(r) if isinstance(r, list) else [np.array(r, copy=True) for _ in arrays]
+        return collectives.all_reduce(arrays, src.op)
     if op.KIND == "reduce_scatter":
         assert isinstance(src, Partial) and isinstance(dst, Split)
         return collectives.reduce_scatter(arrays, src.op, dst.axis)
     if op.KIND == "all_gather":
         assert isinstance(src, Split)
-        r = collectives.all_gather(arrays, src.axis)
-        return list(r) if isinstance(r, list) else [np.array(r, copy=True) for _ in arrays]
+        return collectives.all_gather(arrays, src.axis)
     if op.KIND == "all_to_all":
         assert isinstance(src, Split) and isinstance(dst, Split)
         return collectives.all_to_all(arrays, dst.axis, src.axis)
