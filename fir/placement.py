@@ -11,6 +11,7 @@ from xdsl.dialects.func import FuncOp
 from xdsl.ir import Attribute, Operation
 
 from fir.diagnostics import FirError, loc_of
+from fir.dialects.comm import CommOp
 from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, nd_to_attr
 from fir.sbp import Mesh, NdSbp
 
@@ -96,8 +97,8 @@ def int_attr(v: int) -> IntegerAttr:
 
 
 def places(func: FuncOp) -> bool:
-    """True when the function, one of its arguments or results, or one of its ops names a mesh: the
-    distribution passes transform it. Other functions stay single-device programs, and device programs
+    """True when the function, one of its arguments or results, or one of its ops names a mesh (a comm op always
+    does): the distribution passes transform it. Other functions stay single-device programs, and device programs
     (partition's output, marked `device = K`) are already distributed."""
     if DEVICE in func.attributes:
         return False
@@ -105,7 +106,7 @@ def places(func: FuncOp) -> bool:
         return True
     if any(MESH in d for d in (*arg_attrs(func), *res_attrs(func))):
         return True
-    return any(MESH in op.attributes for op in func.body.ops)
+    return any(MESH in op.attributes or isinstance(op, CommOp) for op in func.body.ops)
 
 
 def lookup_mesh(meshes: dict[str, Mesh], name: str | None, what: str, where: Operation) -> Mesh:

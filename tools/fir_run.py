@@ -10,6 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
 
 from fir.diagnostics import FirError, loc_of
+from fir.dialects.comm import CommOp
 from fir.distribute import compare_all, distribute
 from fir.dtypes import dtype_name, format_type, nbytes
 from fir.frontend import parse_source
@@ -82,6 +83,7 @@ def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
             inputs = random_inputs(func, seed)
             origin = f"random, seed {seed}"
         if not places(func):
+            _check_single_device(func)
             return inputs, origin, run_function(module, func, inputs), 1
         n = args.devices or devices_needed(module)
         check_devices(module, n)
@@ -91,6 +93,16 @@ def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
         need = sum(nbytes(a.type) for a in func.body.blocks.first.args)  # type: ignore[union-attr]
         raise FirError(f"out of memory running @{func.sym_name.data} (its inputs alone take {need} bytes)",
                        loc_of(func.location)) from None
+
+
+def _check_single_device(func: FuncOp) -> None:
+    """A function on no mesh runs on one device, where comm ops have nobody to talk to: they are left only in a
+    device program (partition's output), which runs together with the other devices' programs."""
+    for op in func.body.ops:
+        if isinstance(op, CommOp):
+            raise FirError(f"'{op.name}' needs the other devices: @{func.sym_name.data} is one device's program "
+                           "(partition's output) and cannot run alone; run the logical program, which fir-run "
+                           "partitions itself", loc_of(op.location))
 
 
 def run(argv: list[str] | None = None) -> int:

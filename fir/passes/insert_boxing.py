@@ -120,6 +120,9 @@ def _box_function(func: FuncOp, meshes: dict[str, Mesh]) -> None:
                 op.operands[i] = boxer.convert(v, (mesh, nd), op)
             continue
         if isinstance(op, CommOp):
+            if op.is_local:
+                raise FirError(f"'{op.name}' belongs in a device program (partition's output), not in the logical "
+                               f"function @{func.sym_name.data}", loc_of(op.location))
             # Already boxed (the pass is idempotent): the comm op's result has its `to` layout.
             vals = op.attr_values()
             target = vals.get("to_mesh", vals["mesh"]).name

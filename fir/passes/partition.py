@@ -28,6 +28,7 @@ from fir.dialects.flow import OPS_BY_NAME, FlowOp
 from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN, meshes_of
 from fir.placement import ARGS, DEVICE, OF, RESULTS, places, arg_attrs, int_attr, layout_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
 from fir.sbp import Mesh, NdSbp, Split, format_nd
+from fir.sbp_rules import nd_signatures, why_invalid
 
 
 
@@ -89,8 +90,10 @@ def _check_boxed(func: FuncOp, meshes: dict[str, Mesh]) -> None:
             if SBP not in op.attributes:
                 raise FirError(f"'{op.name}' has no SBP: run sbp-infer and insert-boxing before partition",
                                loc_of(op.location))
-            mesh = lookup_mesh(meshes, op_mesh(op, func), f"'{op.name}'", op).name
+            mesh_obj = lookup_mesh(meshes, op_mesh(op, func), f"'{op.name}'", op)
+            mesh = mesh_obj.name
             needs = OP_ATTRS[SBP_IN].to_python(op.attributes[SBP_IN]) if SBP_IN in op.attributes else []
+            _check_signature(op, mesh_obj, needs)
             for i, (v, nd) in enumerate(zip(op.operands, needs)):
                 if layouts[v] != (mesh, nd):
                     have = f"@{layouts[v][0]} {format_nd(layouts[v][1])}"
@@ -99,8 +102,31 @@ def _check_boxed(func: FuncOp, meshes: dict[str, Mesh]) -> None:
                                    loc_of(op.location))
             layouts[op.results[0]] = (mesh, _layout(op.attributes[SBP]))
         elif isinstance(op, CommOp):
+            if op.is_local:
+                raise FirError(f"'{op.name}' belongs in a device program (partition's output), not in the logical "
+                               f"function @{func.sym_name.data}", loc_of(op.location))
             vals = op.attr_values()
+            have, takes = layouts[op.operands[0]], (vals["mesh"].name, vals["from"])
+            if have != takes:
+                raise FirError(f"'{op.name}' takes @{takes[0]} {format_nd(takes[1])}, but its operand is "
+                               f"@{have[0]} {format_nd(have[1])}: run insert-boxing before partition",
+                               loc_of(op.location))
             layouts[op.results[0]] = (vals.get("to_mesh", vals["mesh"]).name, vals["to"])
+
+
+def _check_signature(op: FlowOp, mesh: Mesh, needs: list[NdSbp]) -> None:
+    """The op's `sbp_in` and `sbp` must be one of its SBP signatures on the mesh (sbp-infer writes one; a hand-written
+    or edited pair may not be, and its local types would not fit)."""
+    ins = [to_tt(v.type)[0] for v in op.operands]
+    out_shape = to_tt(op.results[0].type)[0]
+    out, attrs = _layout(op.attributes[SBP]), op.attr_values()
+    if len(needs) == len(ins) and any(list(sig.ins) == needs and sig.out == out
+                                      for sig in nd_signatures(op.name, ins, out_shape, attrs, mesh.shape)):
+        return
+    why = why_invalid(op.name, ins, out_shape, attrs, mesh.shape, out, needs) if len(needs) == len(ins) else None
+    have = f"({', '.join(format_nd(nd) for nd in needs)}) -> {format_nd(out)}"
+    raise FirError(f"'{op.name}' has SBP signature {have}, which is not one of its signatures on mesh @{mesh.name}"
+                   + (f": {why}" if why else "") + "; run sbp-infer before partition", loc_of(op.location))
 
 
 class _DeviceBuilder:

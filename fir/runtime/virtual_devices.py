@@ -25,10 +25,11 @@ from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import MeshOp, meshes_of
-from fir.placement import ARGS, DEVICE, OF, RESULTS, arg_attrs, res_attrs, symbol_name, value_mesh, value_sbp
+from fir.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name, value_mesh,
+                           value_sbp)
 from fir.runtime import collectives
 from fir.runtime.reference import KernelError, evaluate
-from fir.sbp import Mesh, NdSbp, Partial, Split
+from fir.sbp import Mesh, NdSbp, Partial, Split, format_nd
 
 
 @dataclass
@@ -56,6 +57,7 @@ class _Collective:
 
 @dataclass(frozen=True)
 class _Send:
+    op: SendOp
     key: tuple
 
 
@@ -102,10 +104,17 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
                 raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
         elif isinstance(op, CollectiveOp):
             vals = op.attr_values()
-            out = yield _Collective(op, (vals["id"], tuple(vals["group"]))), ins[0]
+            if "group" not in vals:
+                raise FirError(f"device {dev.id}: '{op.name}' has no group and id (a device program's collectives "
+                               "come from partition)", loc_of(op.location))
+            group = tuple(vals["group"])
+            if dev.id not in group or len(set(group)) != len(group):
+                raise FirError(f"device {dev.id}: the group {list(group)} of '{op.name}' must list this device, "
+                               "and each device once", loc_of(op.location))
+            out = yield _Collective(op, (vals["id"], group)), ins[0]
         elif isinstance(op, SendOp):
             vals = op.attr_values()
-            yield _Send((vals["id"], dev.id, vals["to_device"])), ins[0]
+            yield _Send(op, (vals["id"], dev.id, vals["to_device"])), ins[0]
             continue
         elif isinstance(op, RecvOp):
             vals = op.attr_values()
@@ -138,6 +147,30 @@ def _complete(op: CollectiveOp, arrays: list[np.ndarray]) -> list[np.ndarray]:
     raise FirError(f"'{op.name}' is not a collective the runtime knows", loc_of(op.location))
 
 
+def _check_members(ops: list[CollectiveOp], arrays: list[np.ndarray], group: tuple[int, ...]) -> None:
+    """The members of one collective must run the same op on matching pieces (device programs written or changed
+    by hand may not)."""
+    first = ops[0]
+    _, src, _ = first.transition()
+    concat = src.axis if isinstance(src, Split) else None  # the axis along which pieces may differ
+
+    def signature(op: CollectiveOp, a: np.ndarray) -> tuple:
+        vals = op.attr_values()
+        return (op.name, vals["from"], vals["to"], a.dtype, a.ndim,
+                tuple(n for k, n in enumerate(a.shape) if k != concat))
+
+    def text(op: CollectiveOp, a: np.ndarray) -> str:
+        vals = op.attr_values()
+        return f"{op.name} {format_nd(vals['from'])} -> {format_nd(vals['to'])} on {a.shape} {a.dtype}"
+
+    want = signature(first, arrays[0])
+    for m, op, a in zip(group, ops, arrays):
+        if signature(op, a) != want:
+            raise FirError(f"the members of collective id {op.attr_values()['id']} (group {list(group)}) do not "
+                           f"match: device {group[0]} runs {text(first, arrays[0])}, device {m} {text(op, a)}",
+                           loc_of(op.location))
+
+
 def _describe(dev_id: int, req: Any) -> str:
     if isinstance(req, _Collective):
         return f"device {dev_id} waits in {req.op.name} (id {req.key[0]}, group {list(req.key[1])})"
@@ -153,6 +186,7 @@ def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]
     waiting: dict[int, Any] = {}
     arrived: dict[tuple, dict[int, np.ndarray]] = {}
     mailbox: dict[tuple, np.ndarray] = {}
+    senders: dict[tuple, SendOp] = {}
     results: dict[int, list[np.ndarray]] = {}
     started: set[int] = set()
     while resume or waiting:
@@ -166,7 +200,11 @@ def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]
                     results[d] = stop.value
                     break
                 if isinstance(req, _Send):
+                    if req.key in mailbox:
+                        raise FirError(f"device {d} sends a second value with id {req.key[0]} to device "
+                                       f"{req.key[2]} before the first is received", loc_of(req.op.location))
                     mailbox[req.key] = np.array(payload, copy=True)  # buffered: the sender goes on
+                    senders[req.key] = req.op
                     value = None
                     continue
                 if isinstance(req, _Collective):
@@ -182,7 +220,9 @@ def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]
         for key, got in list(arrived.items()):
             group = key[1]
             if len(got) == len(group):
-                outs = _complete(waiting[group[0]].op, [got[m] for m in group])
+                arrays = [got[m] for m in group]
+                _check_members([waiting[m].op for m in group], arrays, group)
+                outs = _complete(waiting[group[0]].op, arrays)
                 for m, out in zip(group, outs):
                     resume[m] = out
                     del waiting[m]
@@ -194,7 +234,8 @@ def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]
             raise FirError(f"deadlock: {stuck}", loc_of(first.op.location))
     if mailbox:
         key = next(iter(mailbox))
-        raise FirError(f"device {key[1]} sent a value (id {key[0]}) to device {key[2]} that never received it")
+        raise FirError(f"device {key[1]} sent a value (id {key[0]}) to device {key[2]} that never received it",
+                       loc_of(senders[key].location))
     return results
 
 
@@ -204,49 +245,95 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
     if not programs:
         raise FirError(f"no device programs of @{name} (run the partition pass)")
     meshes = meshes_of(module)
+    seen: dict[int, FuncOp] = {}
     for f in programs:
         d = f.attributes[DEVICE].value.data
+        if d in seen:
+            raise FirError(f"@{seen[d].sym_name.data} and @{f.sym_name.data} are both device {d}'s program of "
+                           f"@{name}", loc_of(f.location))
+        seen[d] = f
         if d >= n_devices:
             raise FirError(f"@{name} runs on device {d}, but there are only {n_devices} virtual devices "
-                           f"(use --devices {devices_needed(module)})")
-    scattered: dict[int, dict[int, np.ndarray]] = {}
+                           f"(use --devices {devices_needed(module)})", loc_of(f.location))
+    scattered: dict[tuple, dict[int, np.ndarray]] = {}
     device_args: dict[int, list[np.ndarray]] = {}
     for f in programs:
         d = f.attributes[DEVICE].value.data
-        index = _indices(f, ARGS, len(inputs))
+        block_args = f.body.blocks.first.args  # type: ignore[union-attr]
+        index = _indices(f, ARGS, len(inputs), len(block_args))
         args = []
-        for i, attrs in zip(index, arg_attrs(f)):
-            mesh, nd = meshes[value_mesh(attrs, f)], value_sbp(attrs)
-            if i not in scattered:
-                scattered[i] = layout.scatter(inputs[i], nd, mesh)
-            args.append(scattered[i][d])
+        for i, a, attrs in zip(index, block_args, arg_attrs(f)):
+            mesh, nd = _value_layout(meshes, attrs, f, d, f"argument {i}", len(to_tt(a.type)[0]))
+            if (i, mesh.name, nd) not in scattered:
+                reason = layout.check_nd(inputs[i].shape, nd, mesh.shape)
+                if reason is not None:
+                    raise FirError(f"argument {i} of @{f.sym_name.data}: sbp {format_nd(nd)} cannot lay out the "
+                                   f"input of shape {inputs[i].shape}: {reason}", loc_of(f.location))
+                scattered[(i, mesh.name, nd)] = layout.scatter(inputs[i], nd, mesh)
+            x = scattered[(i, mesh.name, nd)][d]
+            if (x.shape, dtypes.dtype_of_numpy(x.dtype)) != to_tt(a.type):
+                raise FirError(f"argument {i} of @{f.sym_name.data} has type {a.type}, but device {d}'s piece of "
+                               f"the input is {x.shape} {x.dtype}", loc_of(f.location))
+            args.append(x)
         device_args[d] = args
     outs = execute(programs, device_args)
     pieces: dict[int, tuple[Mesh, NdSbp, dict[int, np.ndarray]]] = {}
-    n_results = 0
     for f in programs:
         d = f.attributes[DEVICE].value.data
-        n_results = max(n_results, len(f.function_type.outputs.data))
-        index = _indices(f, RESULTS, None)
+        index = _indices(f, RESULTS, None, len(outs[d]))
         for i, attrs, x in zip(index, res_attrs(f), outs[d]):
-            mesh, nd = meshes[value_mesh(attrs, f)], value_sbp(attrs)
-            pieces.setdefault(i, (mesh, nd, {}))[2][d] = x
+            mesh, nd = _value_layout(meshes, attrs, f, d, f"result {i}", x.ndim)
+            if pieces.setdefault(i, (mesh, nd, {}))[:2] != (mesh, nd):
+                raise FirError(f"the device programs of @{name} disagree on the layout of result {i}",
+                               loc_of(f.location))
+            pieces[i][2][d] = x
+    if sorted(pieces) != list(range(len(pieces))):
+        raise FirError(f"the device programs of @{name} return results {sorted(pieces)}, not 0 to {len(pieces) - 1}",
+                       loc_of(programs[0].location))
     result = []
     for i in sorted(pieces):
         mesh, nd, locals_ = pieces[i]
+        missing = [m for m in mesh.devices if m not in locals_]
+        if missing or len({x.ndim for x in locals_.values()}) != 1:
+            raise FirError(f"result {i} is on @{mesh.name}, but not every device of it returns a piece of the same "
+                           "rank", loc_of(programs[0].location))
         bad = layout.broadcast_mismatch(locals_, nd, mesh)
         if bad is not None:
             raise FirError(f"result {i} is broadcast ({nd}), but device {bad} holds a different copy")
         shape = _logical_shape(locals_, nd, mesh)
-        result.append(layout.assemble(locals_, nd, mesh, shape, next(iter(locals_.values())).dtype))
+        try:
+            result.append(layout.assemble(locals_, nd, mesh, shape, next(iter(locals_.values())).dtype))
+        except ValueError as e:  # a device's piece has the wrong shape
+            raise FirError(f"result {i} ({format_nd(nd)} on @{mesh.name}): {e}", loc_of(programs[0].location)) from None
     return result
 
 
-def _indices(f: FuncOp, attr: str, n: int | None) -> list[int]:
+def _value_layout(meshes: dict[str, Mesh], attrs: dict, f: FuncOp, device: int, what: str,
+                  rank: int) -> tuple[Mesh, NdSbp]:
+    """The mesh and nd-SBP of a device program's argument or result, checked against the device and the rank."""
+    where = f"{what} of @{f.sym_name.data}"
+    mesh = lookup_mesh(meshes, value_mesh(attrs, f), where, f)
+    nd = value_sbp(attrs)
+    if nd is None or device not in mesh.devices:
+        raise FirError(f"{where} needs an sbp and a mesh that holds device {device}", loc_of(f.location))
+    reason = layout.check_nd((1 << 62,) * rank, nd, mesh.shape)  # every rule but the piece sizes
+    if reason is not None:
+        raise FirError(f"{where}: sbp {format_nd(nd)} does not fit mesh @{mesh.name}: {reason}", loc_of(f.location))
+    return mesh, nd
+
+
+def _indices(f: FuncOp, attr: str, n: int | None, have: int) -> list[int]:
+    """The logical index of each of the `have` arguments (or results) of a device program; n: how many the logical
+    function has, when known."""
     if attr in f.attributes:
-        return [int(x) for x in f.attributes[attr].get_values()]
-    count = len(f.function_type.inputs.data if attr == ARGS else f.function_type.outputs.data)
-    return list(range(count if n is None else n))
+        index = [int(x) for x in f.attributes[attr].get_values()]
+    else:
+        index = list(range(have if n is None else n))
+    if len(index) != have or len(set(index)) != len(index) or any(i < 0 or (n is not None and i >= n) for i in index):
+        what = "arguments" if attr == ARGS else "results"
+        raise FirError(f"@{f.sym_name.data} has {have} {what}, but they stand for the logical {what} {index}"
+                       + (f" of {n}" if n is not None else ""), loc_of(f.location))
+    return index
 
 
 def _logical_shape(locals_: dict[int, np.ndarray], nd: NdSbp, mesh: Mesh) -> tuple[int, ...]:
