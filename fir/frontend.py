@@ -183,6 +183,8 @@ def _check_func_attrs(func: FuncOp) -> None:
     where = loc_of(func.location)
     owner = f"function @{func.sym_name.data}"
     _check_attr_dict(dict(func.attributes), FUNC_ATTRS, "function", owner, where)
+    if "of" in func.attributes and "device" not in func.attributes:
+        raise FirError(f"{owner}: a device program (one with `of`) needs `device`, the device it runs on", where)
     ftype = func.function_type
     for which, kind, n in (("arg_attrs", "argument", len(ftype.inputs.data)),
                            ("res_attrs", "result", len(ftype.outputs.data))):

@@ -49,7 +49,7 @@ def _coerce(name: str, arr: np.ndarray, t: TensorType) -> np.ndarray:
         raise FirError(
             f"input '{name}' has dtype {arr.dtype} but %{name} is {dt}; save it as {want} (e.g. with .astype)"
         )
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr).reshape(shape)
 
 
 def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
@@ -122,7 +122,7 @@ def random_inputs(func: FuncOp, seed: int) -> list[np.ndarray]:
         else:
             bound = _int_bound(a) or 16
             arr = rng.integers(0, bound, size=shape).astype(npdt)
-        out.append(np.ascontiguousarray(arr))
+        out.append(np.ascontiguousarray(arr).reshape(shape))  # ascontiguousarray makes 0-d arrays 1-d
     return out
 
 

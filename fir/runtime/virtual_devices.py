@@ -262,18 +262,19 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
         block_args = f.body.blocks.first.args  # type: ignore[union-attr]
         index = _indices(f, ARGS, len(inputs), len(block_args))
         args = []
-        for i, a, attrs in zip(index, block_args, arg_attrs(f)):
-            mesh, nd = _value_layout(meshes, attrs, f, d, f"argument {i}", len(to_tt(a.type)[0]))
+        for k, (i, a, attrs) in enumerate(zip(index, block_args, arg_attrs(f))):
+            what = f"argument {k} of @{f.sym_name.data} (logical argument {i})"
+            mesh, nd = _value_layout(meshes, attrs, f, d, what, len(to_tt(a.type)[0]))
             if (i, mesh.name, nd) not in scattered:
                 reason = layout.check_nd(inputs[i].shape, nd, mesh.shape)
                 if reason is not None:
-                    raise FirError(f"argument {i} of @{f.sym_name.data}: sbp {format_nd(nd)} cannot lay out the "
-                                   f"input of shape {inputs[i].shape}: {reason}", loc_of(f.location))
+                    raise FirError(f"{what}: sbp {format_nd(nd)} cannot lay out the input of shape "
+                                   f"{inputs[i].shape}: {reason}", loc_of(f.location))
                 scattered[(i, mesh.name, nd)] = layout.scatter(inputs[i], nd, mesh)
             x = scattered[(i, mesh.name, nd)][d]
             if (x.shape, dtypes.dtype_of_numpy(x.dtype)) != to_tt(a.type):
-                raise FirError(f"argument {i} of @{f.sym_name.data} has type {a.type}, but device {d}'s piece of "
-                               f"the input is {x.shape} {x.dtype}", loc_of(f.location))
+                raise FirError(f"{what} has type {a.type}, but device {d}'s piece of the input is {x.shape} "
+                               f"{x.dtype}", loc_of(f.location))
             args.append(x)
         device_args[d] = args
     outs = execute(programs, device_args)
@@ -281,8 +282,9 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
     for f in programs:
         d = f.attributes[DEVICE].value.data
         index = _indices(f, RESULTS, None, len(outs[d]))
-        for i, attrs, x in zip(index, res_attrs(f), outs[d]):
-            mesh, nd = _value_layout(meshes, attrs, f, d, f"result {i}", x.ndim)
+        for k, (i, attrs, x) in enumerate(zip(index, res_attrs(f), outs[d])):
+            mesh, nd = _value_layout(meshes, attrs, f, d, f"result {k} of @{f.sym_name.data} (logical result {i})",
+                                     x.ndim)
             if pieces.setdefault(i, (mesh, nd, {}))[:2] != (mesh, nd):
                 raise FirError(f"the device programs of @{name} disagree on the layout of result {i}",
                                loc_of(f.location))
@@ -294,9 +296,11 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
     for i in sorted(pieces):
         mesh, nd, locals_ = pieces[i]
         missing = [m for m in mesh.devices if m not in locals_]
-        if missing or len({x.ndim for x in locals_.values()}) != 1:
-            raise FirError(f"result {i} is on @{mesh.name}, but not every device of it returns a piece of the same "
-                           "rank", loc_of(programs[0].location))
+        if missing:
+            raise FirError(f"result {i} is on @{mesh.name}, but device {missing[0]} returns no piece of it",
+                           loc_of(programs[0].location))
+        if len({x.ndim for x in locals_.values()}) != 1:
+            raise FirError(f"the devices' pieces of result {i} differ in rank", loc_of(programs[0].location))
         bad = layout.broadcast_mismatch(locals_, nd, mesh)
         if bad is not None:
             raise FirError(f"result {i} is broadcast ({nd}), but device {bad} holds a different copy")
@@ -311,14 +315,13 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
 def _value_layout(meshes: dict[str, Mesh], attrs: dict, f: FuncOp, device: int, what: str,
                   rank: int) -> tuple[Mesh, NdSbp]:
     """The mesh and nd-SBP of a device program's argument or result, checked against the device and the rank."""
-    where = f"{what} of @{f.sym_name.data}"
-    mesh = lookup_mesh(meshes, value_mesh(attrs, f), where, f)
+    mesh = lookup_mesh(meshes, value_mesh(attrs, f), what, f)
     nd = value_sbp(attrs)
     if nd is None or device not in mesh.devices:
-        raise FirError(f"{where} needs an sbp and a mesh that holds device {device}", loc_of(f.location))
+        raise FirError(f"{what} needs an sbp and a mesh that holds device {device}", loc_of(f.location))
     reason = layout.check_nd((1 << 62,) * rank, nd, mesh.shape)  # every rule but the piece sizes
     if reason is not None:
-        raise FirError(f"{where}: sbp {format_nd(nd)} does not fit mesh @{mesh.name}: {reason}", loc_of(f.location))
+        raise FirError(f"{what}: sbp {format_nd(nd)} does not fit mesh @{mesh.name}: {reason}", loc_of(f.location))
     return mesh, nd
 
 
