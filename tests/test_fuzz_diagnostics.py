@@ -649,3 +649,471 @@ def test_attribute_rejected_while_parsing_mlir_is_located():
         parse_source(text, "i0.mlir", "mlir")
     assert (e.value.loc.line, e.value.loc.col) == (2, 37)
     assert "out of range for type i0" in e.value.message
+
+
+# ----------------------------------------------------------------------------------------------- distributed programs
+# The five distributed examples and what `fir-opt -p sbp-infer,insert-boxing,partition` makes of them (after each
+# pass, as .fir and as MLIR) are mutated where distribution lives: SBPs, meshes, placements, comm ops and their
+# attributes, device programs' attributes and local types. Each mutant must parse or fail located (as above); the
+# parsed ones then go through the passes and fir-run in process, and partitioned ones straight onto the virtual
+# devices (fir.runtime.virtual_devices.run_partitioned), which must succeed or raise FirError: never another
+# exception, an internal error, a wrong result or a hang. `python tests/test_fuzz_diagnostics.py N` runs N mutants
+# of the full-size programs outside the suite (see _batch at the end).
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import io  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
+
+from xdsl.dialects.func import FuncOp  # noqa: E402
+from xdsl.printer import Printer  # noqa: E402
+
+from fir.frontend import make_context, verify_module  # noqa: E402
+from fir.passes import DISTRIBUTION_PIPELINE, available_passes  # noqa: E402
+from fir.placement import DEVICE, OF, symbol_name  # noqa: E402
+from fir.runtime.inputs import random_inputs  # noqa: E402
+from fir.runtime.virtual_devices import devices_needed, run_partitioned  # noqa: E402
+
+DIST_EXAMPLES = ("dp_mlp", "tp_mlp", "tp_attention", "dp_tp_mlp", "pipeline_mlp")
+# Smaller tensors for the tests that compile and run mutants in the suite (tp_mlp multiplies 1024x4096 matrices;
+# the structure is what matters): each listed dimension of a tensor type is replaced.
+SMALL_DIMS = {"dp_mlp": {64: 8, 256: 16, 512: 32}, "tp_mlp": {64: 8, 1024: 16, 4096: 32},
+              "tp_attention": {128: 8, 768: 96, 64: 8}, "dp_tp_mlp": {32: 4, 256: 8, 1024: 16},
+              "pipeline_mlp": {32: 4, 128: 8, 512: 16}}
+
+
+def _shrink(text: str, dims: dict[int, int]) -> str:
+    return re.sub(r"tensor<([0-9x]+)x([a-z]+[0-9]*)>", lambda m: "tensor<" + "x".join(
+        str(dims.get(int(d), d)) for d in m.group(1).split("x")) + "x" + m.group(2) + ">", text)
+
+
+def _generic(module) -> str:
+    out = io.StringIO()
+    Printer(stream=out, print_generic_format=True).print_op(module)
+    return out.getvalue() + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def dist_corpus(small: bool) -> tuple[tuple[str, str], ...]:
+    """(name, text): each distributed example (small ones only; the full-size ones are in CORPUS) and its form after
+    each distribution pass, in .fir and MLIR; the name says which, e.g. examples/tp_mlp.sbp-infer+insert-boxing.mlir."""
+    out = []
+    ctx, passes = make_context(), available_passes()
+    for ex in DIST_EXAMPLES:
+        name = f"examples/{ex}.fir"
+        text = (ROOT / name).read_text()
+        if small:
+            text = _shrink(text, SMALL_DIMS[ex])
+            out.append((name, text))
+        module = parse_source(text, name)
+        done = []
+        for p in DISTRIBUTION_PIPELINE:
+            passes[p]()().apply(ctx, module)
+            verify_module(module)
+            done.append(p)
+            out.append((f"examples/{ex}.{'+'.join(done)}.fir", print_fir(module)))
+            out.append((f"examples/{ex}.{'+'.join(done)}.mlir", _generic(module)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def logical_inputs(ex: str, small: bool) -> tuple[np.ndarray, ...]:
+    """Random inputs of an example's logical function, for running its (mutated) device programs."""
+    text = (ROOT / f"examples/{ex}.fir").read_text()
+    module = parse_source(_shrink(text, SMALL_DIMS[ex]) if small else text, ex)
+    return tuple(random_inputs(next(f for f in module.ops if isinstance(f, FuncOp)), 0))
+
+
+# Replacements, by what they replace.
+SBP_ONE = ["S(0)", "S(1)", "S(2)", "S(5)", "B", "P", "P(max)", "P(sum)", "P(min)", "S(-1)", "Q", "#sbp.S<0>", "#sbp.B",
+           "#sbp.P<max>", "#sbp.S<9>", "#sbp.P<min>"]
+SBP_LISTS = ["[B, B]", "[S(0), S(0)]", "[]", "[P, P(max)]", "[S(0), B, B]", "[S(1)]", "[P]", "B", "[[B]]", "[S(0), P]",
+             "[B, S(1)]", "[P(max)]"]
+MESH_SHAPES = ["[1]", "[2]", "[3]", "[4]", "[8]", "[2, 2]", "[4, 1]", "[1, 4]", "[0]", "[]", "[2, 2, 2]", "[-1]", "[3, 2]"]
+DEVICE_LISTS = ["[0, 1]", "[2, 3]", "[3, 2]", "[0, 0]", "[5, 6]", "[-1, 2]", "[0, 1, 2, 3]", "[3, 2, 1, 0]", "[1]", "[]",
+                "[7, 8, 9, 10]", "[0, 2, 1, 3]"]
+INTS = ["0", "1", "2", "3", "4", "5", "7", "-1", "99", "9223372036854775807"]
+INT_LISTS = ["[0, 1]", "[1, 0]", "[0, 0]", "[2, 3]", "[0, 1, 2, 3]", "[3, 2, 1, 0]", "[0]", "[]", "[0, 5]", "[0, 1, 2]",
+             "[1, 2]", "[0, 2]", "[-1, 0]"]
+FUNC_ATTRS = ["attributes {}", "attributes {mesh = @nope}", "attributes {device = 0}", "attributes {of = @main}",
+              "attributes {device = 1, of = @main}", "attributes {device = 9, of = @main}",
+              "attributes {device = 0, of = @nope, args = [0]}", "attributes {device = 0, of = @main, results = [3]}",
+              "attributes {device = 0, of = @main, args = [1, 0, 2]}", "attributes {mesh = @tp, device = 0, of = @main}"]
+DIMS = ["1", "2", "3", "4", "7", "8", "16", "0"]
+DTYPES = ["f32", "f16", "bf16", "i32", "i1"]
+
+# What each mutation kind finds: the part to replace is group "v" where there is one.
+SBP_ATOM = re.compile(r"(?<![\w.])(?:S\(\d+\)|P\((?:max|sum)\)|P|B)(?![\w(])|#sbp\.(?:S<\d+>|B|P<\w+>)")
+SBP_LIST = re.compile(r"(?:\bsbp|\bfrom|\bto)\"? = (?P<v>\[[^\[\]]*\])|sbp_in\"? = (?P<w>\[(?:\[[^\[\]]*\],? ?)*\])")
+MESH_SHAPE = re.compile(r"sbp\.mesh @[\w.$-]+ = (?P<v>\[[^\]]*\])|shape = (?P<w>array<i64[^>]*>)")
+DEVICES = re.compile(r"devices = (?P<v>\[[^\]]*\]|array<i64[^>]*>)")
+INT_ATTR = re.compile(r"(?:\bid|to_device|from_device|\bdevice|bytes_per_device|sbp_cost)\"? = (?P<v>-?\d+)")
+INT_LIST = re.compile(r"(?:group|args|results)\"? = (?P<v>\[[^\]]*\]|array<i64[^>]*>)")
+SYMBOL = re.compile(r"@[A-Za-z_][\w$.\-]*")
+COMM_LINE = re.compile(r"^.*\"?comm\..*$", re.M)
+MESH_LINE = re.compile(r"^.*\"?sbp\.mesh.*$", re.M)
+ANY_DICT_LINE = re.compile(r"^.*\{.*$", re.M)
+ATTR_PAIR = re.compile(r"\"?[a-z_]+\"? = (?:\[\[[^{}]*?\]\]|\[[^\]]*\]|array<[^>]*>|[^,}{]+)")
+TENSOR = re.compile(r"tensor<[^>]*>")
+FUNC_ATTR = re.compile(r"attributes \{[^}]*\}")
+
+DIST_KINDS = ("sbp_atom", "sbp_list", "mesh_shape", "devices", "add_devices", "int_attr", "int_list", "symbol",
+              "delete_attr", "delete_comm", "dup_comm", "swap_comm", "move_comm", "local_type", "delete_mesh",
+              "dup_mesh", "func_attrs", "drop_func")
+
+
+def _span(m: re.Match) -> tuple[int, int]:
+    g = next((k for k in ("v", "w") if m.re.groupindex.get(k) and m.group(k) is not None), 0)
+    return m.start(g), m.end(g)
+
+
+def _replace(rnd: random.Random, text: str, pattern: re.Pattern, choices: list[str], mlir_list: bool = False) -> str:
+    found = list(pattern.finditer(text))
+    if not found:
+        return text
+    s, e = _span(rnd.choice(found))
+    new = rnd.choice(choices)
+    if mlir_list and text[s:e].startswith("array"):  # MLIR writes integer lists as array<i64: ...>
+        new = "array<i64" + (": " + new[1:-1] if new != "[]" else "") + ">"
+    elif text[s:e].endswith(": i64"):
+        new += " : i64"
+    return text[:s] + new + text[e:]
+
+
+def _other_tensor(rnd: random.Random, old: str) -> str:
+    m = re.fullmatch(r"tensor<((?:[^x>]+x)*)([a-z]+\d*)>", old)
+    if not m:
+        return old
+    dims, dt = [d for d in m.group(1).split("x") if d], m.group(2)
+    r = rnd.random()
+    if r < 0.5 and dims:
+        dims[rnd.randrange(len(dims))] = rnd.choice(DIMS)
+    elif r < 0.7:
+        dt = rnd.choice(DTYPES)
+    elif r < 0.85 and dims:
+        dims.pop(rnd.randrange(len(dims)))
+    else:
+        dims.insert(rnd.randrange(len(dims) + 1), rnd.choice(DIMS))
+    return "tensor<" + "".join(d + "x" for d in dims) + dt + ">"
+
+
+def dist_mutate(rnd: random.Random, text: str, kind: str) -> str:
+    """One mutation of a distributed program (either syntax)."""
+    if kind == "sbp_atom":
+        return _replace(rnd, text, SBP_ATOM, SBP_ONE)
+    if kind == "sbp_list":
+        return _replace(rnd, text, SBP_LIST, SBP_LISTS)
+    if kind == "mesh_shape":
+        return _replace(rnd, text, MESH_SHAPE, MESH_SHAPES, mlir_list=True)
+    if kind == "devices":
+        return _replace(rnd, text, DEVICES, DEVICE_LISTS, mlir_list=True)
+    if kind == "int_attr":
+        return _replace(rnd, text, re.compile(INT_ATTR.pattern + r"(?: : i64)?"), INTS)
+    if kind == "int_list":
+        return _replace(rnd, text, INT_LIST, INT_LISTS, mlir_list=True)
+    if kind == "symbol":
+        return _replace(rnd, text, SYMBOL, sorted(set(SYMBOL.findall(text))) + ["@nope", "@main", "@main.dev0"])
+    if kind == "add_devices":
+        found = list(re.finditer(r"sbp\.mesh @[\w.$-]+ = \[[^\]]*\]$", text, re.M))
+        if not found:
+            return text
+        e = rnd.choice(found).end()
+        return text[:e] + " {devices = " + rnd.choice(DEVICE_LISTS) + "}" + text[e:]
+    if kind == "delete_attr":
+        lines = list((COMM_LINE if rnd.random() < 0.7 else ANY_DICT_LINE).finditer(text))
+        if not lines:
+            return text
+        line = rnd.choice(lines)
+        pairs = list(ATTR_PAIR.finditer(line.group()))
+        if not pairs:
+            return text
+        p = rnd.choice(pairs)
+        s, e = line.start() + p.start(), line.start() + p.end()
+        if text[e:e + 2] == ", ":
+            e += 2
+        elif text[s - 2:s] == ", ":
+            s -= 2
+        return text[:s] + text[e:]
+    if kind in ("delete_comm", "dup_comm", "swap_comm", "move_comm", "delete_mesh", "dup_mesh"):
+        found = list((MESH_LINE if kind.endswith("mesh") else COMM_LINE).finditer(text))
+        if not found:
+            return text
+        lines = text.split("\n")
+        i = text[: rnd.choice(found).start()].count("\n")
+        if kind.startswith("delete"):
+            del lines[i]
+        elif kind == "dup_comm":
+            lines.insert(i, lines[i])
+        elif kind == "dup_mesh":  # a second mesh of another name, or the same
+            lines.insert(i, re.sub(r"@([\w.$-]+)|(sym_name = \")", lambda n: n.group(0) + rnd.choice(["", "2"]),
+                                   lines[i], count=1))
+        elif kind == "swap_comm":
+            j = min(len(lines) - 1, max(0, i + rnd.choice([-2, -1, 1, 2])))
+            lines[i], lines[j] = lines[j], lines[i]
+        else:  # anywhere, maybe into another function
+            lines.insert(rnd.randrange(len(lines)), lines.pop(i))
+        return "\n".join(lines)
+    if kind == "local_type":
+        found = list(TENSOR.finditer(text))
+        if not found:
+            return text
+        m = rnd.choice(found)
+        return text[: m.start()] + _other_tensor(rnd, m.group()) + text[m.end():]
+    if kind == "func_attrs":
+        return _replace(rnd, text, FUNC_ATTR, FUNC_ATTRS)
+    if kind == "drop_func":
+        starts = [m.start() for m in re.finditer(r"^func\.func", text, re.M)]
+        if len(starts) < 2:
+            return text
+        k = rnd.randrange(len(starts))
+        return text[: starts[k]] + text[starts[k + 1] if k + 1 < len(starts) else len(text):]
+    raise AssertionError(kind)
+
+
+def _generic_kind(rnd: random.Random, data: bytes) -> bytes:
+    """One of the generic mutations above (mutate), positions drawn from `rnd`."""
+    def draw(strategy):
+        r = repr(strategy)
+        if m := re.match(r"integers\(min_value=(-?\d+), max_value=(-?\d+)\)", r):
+            return rnd.randint(int(m.group(1)), int(m.group(2)))
+        if r.startswith("booleans"):
+            return rnd.random() < 0.5
+        if r.startswith("just("):
+            return strategy.value
+        if r.startswith("sampled_from"):
+            return rnd.choice(list(strategy.elements))
+        return bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 6)))  # st.binary
+    kind = rnd.choice(("truncate", "delete_token", "replace_token", "swap_lines", "dup_line", "replace_number"))
+    return mutate(draw, data, kind, CLI_NUMBERS)
+
+
+def dist_mutant(rnd: random.Random, corpus: tuple[tuple[str, str], ...]) -> tuple[str, str, list[str]]:
+    """(source name, mutated text, the mutations applied): mostly distribution mutations, some generic ones."""
+    name, text = rnd.choice(corpus)
+    kinds = []
+    for _ in range(rnd.randint(1, 3)):
+        if rnd.random() < 0.85:
+            kinds.append(rnd.choice(DIST_KINDS))
+            text = dist_mutate(rnd, text, kinds[-1])
+        else:
+            kinds.append("generic")
+            text = _generic_kind(rnd, text.encode()).decode("utf-8", errors="replace")
+    return name, text, kinds
+
+
+class _Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Turn a hang into an exception (SIGALRM: the main thread only, which is where pytest runs tests)."""
+    def alarm(signum, frame):
+        raise _Hang(f"still running after {seconds} s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def call_main(main, argv: list[str]) -> tuple[int, str]:
+    """Run fir-opt's or fir-run's main in process; (exit status, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, err.getvalue()
+
+
+PIPELINES = ["sbp-infer,insert-boxing,partition", "partition", "insert-boxing,partition", "sbp-infer", "insert-boxing",
+             "sbp-infer,insert-boxing,partition,sbp-infer,insert-boxing,partition", "canonicalize,cse,dce,partition"]
+
+
+def check_distributed(name: str, text: str, rnd: random.Random, tmp_path: Path, small: bool, shown: str) -> list[str]:
+    """Parse a mutant; when it parses run fir-opt (a random pipeline) and fir-run (random --devices and --entry) on
+    it in process, and run its device programs on virtual devices. Returns what went wrong (empty: nothing)."""
+    path = tmp_path / ("mutant" + (".mlir" if name.endswith(".mlir") else ".fir"))
+    path.write_text(text)
+    problems = []
+    try:
+        with time_limit(20):
+            module = parse_source(text, str(path), syntax_for(name))
+    except FirError as e:
+        if e.loc is None:
+            problems.append(f"parse: FirError without a location: {e.message}")
+        return problems
+    except Exception as e:  # noqa: BLE001 - the failure under test
+        return [f"parse: {type(e).__name__}: {e}"]
+    funcs = [f for f in module.ops if isinstance(f, FuncOp)]
+    runs = [(fir_opt.main, [str(path), "-p", rnd.choice(PIPELINES)] + rnd.choice([[], ["-t", "mlir"]]))]
+    if funcs:
+        entry = rnd.choice([[], ["--entry", rnd.choice(funcs).sym_name.data]])
+        devices = rnd.choice([[], [], ["--devices", "2"], ["--devices", "8"], ["--devices", "1"]])
+        runs.append((fir_run.main, [str(path), "--quiet", "--check"] + devices + entry))
+    for main, argv in runs:
+        tool = "fir-opt" if main is fir_opt.main else "fir-run"
+        try:
+            with time_limit(30):
+                rc, err = call_main(main, argv)
+        except _Hang as e:
+            problems.append(f"{tool} {argv[1:]}: {e}")
+            continue
+        first = err.splitlines()[0] if err else ""
+        if rc not in (0, 1) or "internal error" in err or "Traceback" in err:
+            problems.append(f"{tool} {argv[1:]} exited {rc}:\n{err}")
+        elif "differs from the single-device reference" in err:
+            problems.append(f"{tool} {argv[1:]}: a wrong result:\n{err}")
+        elif rc == 1 and not re.match(LOCATED.format(re.escape(str(path))), first) \
+                and not first.startswith("fir-run: error: no function @"):  # a bad --entry has no place in the file
+            problems.append(f"{tool} {argv[1:]}: an error without a location:\n{err}")
+    example = name.split("/")[-1].split(".")[0]
+    for of in sorted({symbol_name(f.attributes.get(OF)) for f in funcs if DEVICE in f.attributes} - {None}):
+        try:
+            with time_limit(30):
+                run_partitioned(module, of, list(logical_inputs(example, small)),
+                                rnd.choice([devices_needed(module), 2, 8]))
+        except FirError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"run_partitioned @{of}: {type(e).__name__}: {e}")
+    return [f"{p}\n{shown}" for p in problems]
+
+
+def test_dist_corpus_parses():
+    for name, text in dist_corpus(False) + dist_corpus(True):
+        parse_source(text, name, syntax_for(name))
+
+
+@pytest.mark.parametrize("which", ["dp_tp_mlp.sbp-infer+insert-boxing+partition.fir",
+                                   "pipeline_mlp.sbp-infer+insert-boxing+partition.mlir",
+                                   "tp_mlp.sbp-infer+insert-boxing.fir"])
+def test_dist_truncations(which: str):
+    name, text = next(c for c in dist_corpus(False) if c[0] == f"examples/{which}")
+    step = max(1, len(text) // 25)
+    for k in sorted(set(range(0, len(text), step)) | {len(text) - 1, len(text) - 2}):
+        check_parse(name, text[:k], f"truncated at {k}")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.randoms(use_true_random=False))
+def test_dist_mutants_parse_or_fail_located(rnd):
+    name, text, kinds = dist_mutant(rnd, dist_corpus(False))
+    check_parse(name, text, f"mutations {kinds}")
+
+
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.randoms(use_true_random=False))
+def test_dist_mutants_through_the_pipeline(tmp_path: Path, rnd):
+    name, text, kinds = dist_mutant(rnd, dist_corpus(True))
+    problems = check_distributed(name, text, rnd, tmp_path, True, f"mutations {kinds} of {name}; input:\n{text}")
+    assert not problems, "\n\n".join(problems)
+
+
+# Hand edits of partitioned programs (the small examples): (example, old, new, the error's words); the old text is
+# replaced once. A wrong peer or id, a missing send or a group that does not match is a located error (a deadlock
+# report where the devices wait for each other), never a hang or a traceback.
+PARTITIONED_EDITS = [
+    ("pipeline_mlp", "to_device = 2", "to_device = 3", "deadlock: device 2 waits in comm.recv (id 0) from device 0"),
+    ("pipeline_mlp", "from_device = 0, id = 0", "from_device = 0, id = 1", "deadlock"),
+    ("pipeline_mlp", "from_device = 0", "from_device = 2", "deadlock"),
+    ("pipeline_mlp", "comm.send %h {to_device = 2, id = 0}", "", "deadlock"),
+    ("pipeline_mlp", "comm.recv {from_device = 1, id = 0}", "comm.recv {from_device = 1, id = 0}",
+     None),  # unchanged: runs
+    ("pipeline_mlp", "to_device = 2, id = 0}", "to_device = 2, id = 0}\n  comm.send %h {to_device = 2, id = 0}",
+     "sends a second value with id 0 to device 2"),
+    ("pipeline_mlp", "to_device = 3", "to_device = 7", "deadlock"),
+    ("dp_tp_mlp", "group = [0, 1], id = 0", "group = [0, 2], id = 0", "deadlock"),
+    ("dp_tp_mlp", "group = [0, 1], id = 0", "group = [1, 0], id = 0", "deadlock"),
+    ("dp_tp_mlp", "group = [0, 1], id = 0", "group = [0, 1], id = 3", "deadlock"),
+    ("dp_tp_mlp", "group = [0, 1], id = 0", "group = [2, 3], id = 0", "must list this device"),
+    ("dp_tp_mlp", "group = [0, 1], id = 0", "group = [0, 0], id = 0", "must list this device, and each device once"),
+    ("dp_tp_mlp", "from = [S(0), P], to = [S(0), B]", "from = [S(0), P(max)], to = [S(0), B]",
+     "the members of collective id 0 (group [0, 1]) do not match"),
+    ("dp_tp_mlp", "device = 1,", "device = 0,", "are both device 0's program of @main"),
+    ("dp_tp_mlp", "of = @main}", "of = @main, args = [2, 1, 0]}", "has type tensor<"),
+    ("dp_tp_mlp", "of = @main}", "of = @main, results = []}", "has 1 results, but they stand for the logical results []"),
+    ("tp_mlp", "%x: tensor<8x16xf32> {sbp = [B]", "%x: tensor<8x16xf32> {sbp = [S(0)]", "has type tensor<8x16xf32>"),
+]
+
+
+@pytest.mark.parametrize("example,old,new,words", PARTITIONED_EDITS)
+def test_edited_device_programs_fail_cleanly(example: str, old: str, new: str, words: str | None):
+    name = f"examples/{example}.sbp-infer+insert-boxing+partition.fir"
+    text = dict(dist_corpus(True))[name]
+    assert old in text
+    text = text.replace(old, new, 1)
+    module = parse_source(text, name)
+    of = symbol_name(next(f for f in module.ops if isinstance(f, FuncOp)).attributes[OF])
+    try:
+        with time_limit(20):
+            run_partitioned(module, of, list(logical_inputs(example, True)), devices_needed(module))
+    except FirError as e:
+        assert words is not None and words in e.message and e.loc is not None, f"{e.render()}\n{text}"
+        return
+    assert words is None, f"no error, expected one saying {words!r}\n{text}"
+
+
+def test_fir_run_on_partitioned_ir(tmp_path: Path):
+    """fir-run on partition's output: without --entry (several functions, none @main), with the logical name (gone),
+    with a device program that communicates (cannot run alone), and with one that does not (runs alone)."""
+    for which in ("pipeline_mlp", "dp_mlp"):
+        for syntax in ("fir", "mlir"):
+            path = tmp_path / f"{which}.{syntax}"
+            path.write_text(dict(dist_corpus(True))[f"examples/{which}.sbp-infer+insert-boxing+partition.{syntax}"])
+            for entry, rc_want in (([], 1), (["--entry", "main"], 1), (["--entry", "main.dev0"], 1 if which ==
+                                                                          "pipeline_mlp" else 0)):
+                rc, err = call_main(fir_run.main, [str(path), "--quiet", "--check"] + entry)
+                assert rc == rc_want, err
+                if rc == 1 and entry != ["--entry", "main"]:
+                    assert re.match(LOCATED.format(re.escape(str(path))), err), err
+    # The passes leave device programs alone: partitioned IR goes through them unchanged.
+    rc, err = call_main(fir_opt.main, [str(tmp_path / "pipeline_mlp.fir"), "-p", ",".join(DISTRIBUTION_PIPELINE),
+                                       "-o", str(tmp_path / "again.fir")])
+    assert rc == 0, err
+    assert (tmp_path / "again.fir").read_text() == (tmp_path / "pipeline_mlp.fir").read_text()
+
+
+@pytest.mark.parametrize("devices,rc_want,words", [
+    ("0", 2, "expected a positive number of devices"),
+    ("2", 1, "mesh @tp uses device 3, but there are only 2 virtual devices"),
+    ("8", 0, ""),
+])
+def test_fir_run_devices_flag(tmp_path: Path, devices: str, rc_want: int, words: str):
+    path = tmp_path / "tp_mlp.fir"
+    path.write_text(dict(dist_corpus(True))["examples/tp_mlp.fir"])
+    rc, err = call_main(fir_run.main, [str(path), "--quiet", "--check", "--devices", devices])
+    assert rc == rc_want and words in err, err
+    if rc == 1:
+        assert re.match(LOCATED.format(re.escape(str(path))), err), err
+
+
+def _batch(count: int, start: int = 0) -> int:
+    """Outside the suite: `count` mutants of the full-size programs through check_distributed; prints each failure
+    (deduplicated by its first line) and returns how many differed."""
+    import tempfile
+
+    corpus = dist_corpus(False) + tuple((n, d.decode()) for n, d in CORPUS if any(e in n for e in DIST_EXAMPLES))
+    seen: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(start, start + count):
+            rnd = random.Random(seed)
+            name, text, kinds = dist_mutant(rnd, corpus)
+            for p in check_distributed(name, text, rnd, Path(tmp), False, f"seed {seed}: {kinds} of {name}"):
+                key = p.splitlines()[0][:120]
+                seen[key] = seen.get(key, 0) + 1
+                if seen[key] == 1:
+                    print(p, "\n", flush=True)
+    print(f"{count} mutants, {len(seen)} distinct failures")
+    return len(seen)
+
+
+if __name__ == "__main__":
+    os.environ.pop("FIR_DEBUG", None)
+    sys.exit(1 if _batch(int(sys.argv[1]) if len(sys.argv) > 1 else 1000,
+                         int(sys.argv[2]) if len(sys.argv) > 2 else 0) else 0)
