@@ -538,7 +538,9 @@ def dense_value(value: Any, declared: TT) -> DenseIntOrFPElementsAttr:
     arr = np.broadcast_to(np.array(value, dtype=object), shape)
     n = si.numel(shape)
     if dtypes.is_float(dt):
-        flat = [float(v) for v in arr.reshape(n)]
+        # -0.0 becomes 0.0: MLIR's printer folds elements that compare equal into a splat, which would drop
+        # the sign on a round trip through the generic syntax.
+        flat = [float(v) + 0.0 for v in arr.reshape(n)]
         if not all(np.isfinite(flat)):
             # MLIR prints non-finite dense elements in hex, which xDSL reads back as integers.
             raise AttrError("must hold finite numbers (make inf or nan with flow.fill)")

@@ -303,7 +303,8 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
             raise FirError(f"the devices' pieces of result {i} differ in rank", loc_of(programs[0].location))
         bad = layout.broadcast_mismatch(locals_, nd, mesh)
         if bad is not None:
-            raise FirError(f"result {i} is broadcast ({nd}), but device {bad} holds a different copy")
+            raise FirError(f"result {i} is broadcast ({format_nd(nd)}), but device {bad} holds a different copy",
+                           loc_of(programs[0].location))
         shape = _logical_shape(locals_, nd, mesh)
         try:
             result.append(layout.assemble(locals_, nd, mesh, shape, next(iter(locals_.values())).dtype))
