@@ -6,13 +6,13 @@ Placement of an op is its own `mesh` attribute, else its function's; an argument
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntegerAttr, SymbolRefAttr, i64
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntegerAttr, ModuleOp, SymbolRefAttr, i64
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Attribute, Operation
 
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.comm import CommOp
-from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, nd_to_attr
+from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, meshes_of, nd_to_attr
 from fir.sbp import Mesh, NdSbp
 
 
@@ -107,6 +107,24 @@ def places(func: FuncOp) -> bool:
     if any(MESH in d for d in (*arg_attrs(func), *res_attrs(func))):
         return True
     return any(MESH in op.attributes or isinstance(op, CommOp) for op in func.body.ops)
+
+
+def placed_functions(module: ModuleOp) -> tuple[dict[str, Mesh], list[FuncOp]]:
+    """The module's meshes and the functions the distribution passes transform (none without a mesh)."""
+    meshes = meshes_of(module)
+    if not meshes:
+        return meshes, []
+    return meshes, [f for f in module.ops if isinstance(f, FuncOp) and places(f)]
+
+
+def comm_result_layout(op: CommOp, func: FuncOp) -> tuple[str, NdSbp]:
+    """(mesh name, nd-SBP) of a logical comm op's result: its `to` on its target mesh. A partitioned comm op
+    (with an `id`) belongs in a device program and is a located error here."""
+    if op.is_local:
+        raise FirError(f"'{op.name}' belongs in a device program (partition's output), not in the logical "
+                       f"function @{func.sym_name.data}", loc_of(op.location))
+    vals = op.attr_values()
+    return vals.get("to_mesh", vals["mesh"]).name, vals["to"]
 
 
 def lookup_mesh(meshes: dict[str, Mesh], name: str | None, what: str, where: Operation) -> Mesh:

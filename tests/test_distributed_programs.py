@@ -84,4 +84,14 @@ def test_random_programs_on_random_meshes(prog, data, seed):
     with np.errstate(all="ignore"):
         got = run_partitioned(parted, the_func(module).sym_name.data, inputs, 6)
     for i, (g, w, t) in enumerate(zip(got, want, the_func(module).function_type.outputs.data)):
-        assert _close(g, w, to_tt(t)[1]), f"result {i}\n{print_fir(module)}\ngot\n{g}\nwant\n{w}"
+        assert _close(g, w, _working_dtype(module, to_tt(t)[1])), \
+            f"result {i}\n{print_fir(module)}\ngot\n{g}\nwant\n{w}"
+
+
+def _working_dtype(module: ModuleOp, result_dtype: str) -> str:
+    """The dtype whose tolerance applies to a float result: the least precise float the program computes in
+    (a partial sum rounded to bf16 stays that inexact after a cast to f32). Integer results stay exact."""
+    if result_dtype not in ("f32", "f16", "bf16"):
+        return result_dtype
+    floats = {to_tt(r.type)[1] for op in the_func(module).body.ops for r in op.results} & {"f16", "bf16"}
+    return max(floats | {result_dtype}, key=lambda d: TOLERANCE[d][0])

@@ -22,9 +22,9 @@ from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import COLLECTIVE_BY_KIND, CommOp, SendRecvOp
 from fir.dialects.flow import FlowOp
-from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN, meshes_of
+from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN
 from fir.passes.sbp_infer import Layout
-from fir.placement import places, arg_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
+from fir.placement import comm_result_layout, placed_functions, arg_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
 from fir.sbp import Mesh, NdSbp, format_nd
 
 
@@ -35,10 +35,8 @@ class InsertBoxingPass(ModulePass):
     name = "insert-boxing"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        meshes = meshes_of(op)
-        if not meshes:
-            return
-        for func in [f for f in op.ops if isinstance(f, FuncOp) and places(f)]:
+        meshes, funcs = placed_functions(op)
+        for func in funcs:
             _box_function(func, meshes)
 
 
@@ -120,13 +118,9 @@ def _box_function(func: FuncOp, meshes: dict[str, Mesh]) -> None:
                 op.operands[i] = boxer.convert(v, (mesh, nd), op)
             continue
         if isinstance(op, CommOp):
-            if op.is_local:
-                raise FirError(f"'{op.name}' belongs in a device program (partition's output), not in the logical "
-                               f"function @{func.sym_name.data}", loc_of(op.location))
             # Already boxed (the pass is idempotent): the comm op's result has its `to` layout.
-            vals = op.attr_values()
-            target = vals.get("to_mesh", vals["mesh"]).name
-            boxer.layouts[op.results[0]] = (meshes[target], vals["to"])
+            target, nd = comm_result_layout(op, func)
+            boxer.layouts[op.results[0]] = (meshes[target], nd)
             continue
         assert isinstance(op, FlowOp)
         if SBP not in op.attributes:

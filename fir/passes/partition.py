@@ -25,8 +25,8 @@ from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import from_tt, to_tt
 from fir.dialects.comm import CollectiveOp, CommOp, RecvOp, SendOp, SendRecvOp
 from fir.dialects.flow import OPS_BY_NAME, FlowOp
-from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN, meshes_of
-from fir.placement import ARGS, DEVICE, OF, RESULTS, places, arg_attrs, int_attr, layout_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
+from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN
+from fir.placement import ARGS, DEVICE, OF, RESULTS, comm_result_layout, placed_functions, arg_attrs, int_attr, layout_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
 from fir.sbp import Mesh, NdSbp, Split, format_nd
 from fir.sbp_rules import nd_signatures, why_invalid
 
@@ -39,10 +39,8 @@ class PartitionPass(ModulePass):
     name = "partition"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        meshes = meshes_of(op)
-        if not meshes:
-            return
-        for func in [f for f in op.ops if isinstance(f, FuncOp) and places(f)]:
+        meshes, funcs = placed_functions(op)
+        for func in funcs:
             for dev_func in _partition(func, meshes):
                 op.body.block.insert_op_before(dev_func, func)
             op.body.block.erase_op(func)
@@ -102,16 +100,14 @@ def _check_boxed(func: FuncOp, meshes: dict[str, Mesh]) -> None:
                                    loc_of(op.location))
             layouts[op.results[0]] = (mesh, _layout(op.attributes[SBP]))
         elif isinstance(op, CommOp):
-            if op.is_local:
-                raise FirError(f"'{op.name}' belongs in a device program (partition's output), not in the logical "
-                               f"function @{func.sym_name.data}", loc_of(op.location))
+            result_layout = comm_result_layout(op, func)
             vals = op.attr_values()
             have, takes = layouts[op.operands[0]], (vals["mesh"].name, vals["from"])
             if have != takes:
                 raise FirError(f"'{op.name}' takes @{takes[0]} {format_nd(takes[1])}, but its operand is "
                                f"@{have[0]} {format_nd(have[1])}: run insert-boxing before partition",
                                loc_of(op.location))
-            layouts[op.results[0]] = (vals.get("to_mesh", vals["mesh"]).name, vals["to"])
+            layouts[op.results[0]] = result_layout
 
 
 def _check_signature(op: FlowOp, mesh: Mesh, needs: list[NdSbp]) -> None:
@@ -214,8 +210,7 @@ class _DeviceBuilder:
         if isinstance(owner, FlowOp):
             return op_mesh(owner, self.func), _layout(owner.attributes[SBP])
         if isinstance(owner, CommOp):
-            vals = owner.attr_values()
-            return vals.get("to_mesh", vals["mesh"]).name, vals["to"]
+            return comm_result_layout(owner, self.func)
         return value_mesh(d, self.func), value_sbp(arg_attrs(self.func)[v.index])
 
     # -- flow ops ---------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from fir.boxing import boxing_path, transfer_path
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.flow import FlowOp
-from fir.dialects.sbp import SBP, SBP_COST, SBP_IN, OP_ATTRS, meshes_of, nd_to_attr
+from fir.dialects.sbp import SBP, SBP_COST, SBP_IN, OP_ATTRS, nd_to_attr
 from fir.placement import (
-    places,
+    placed_functions,
     arg_attrs,
     func_mesh,
     int_attr,
@@ -69,10 +69,8 @@ class SbpInferPass(ModulePass):
     report: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        meshes = meshes_of(op)
-        if not meshes:
-            return
-        for func in [f for f in op.ops if isinstance(f, FuncOp) and places(f)]:
+        meshes, funcs = placed_functions(op)
+        for func in funcs:
             _infer_function(func, meshes, self.report)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from fir.boxing import Step, step_kind
 from fir.layout import piece
-from fir.sbp import Mesh
+from fir.sbp import Mesh, Sbp
 
 _F32 = np.dtype(np.float32)
 _LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
@@ -69,13 +69,9 @@ def all_to_all(arrays: Sequence[np.ndarray], split_axis: int, concat_axis: int) 
             for k in range(p)]
 
 
-def _run(step: Step, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """One group's arrays after the step."""
-    src, dst = step.src[step.axis], step.dst[step.axis]
-    kind = step_kind(src, dst)
-    if kind != step.kind:
-        raise ValueError(f"a {step.kind} step cannot move mesh axis {step.axis} from {src} to {dst}")
-    match kind:
+def transition(src: Sbp, dst: Sbp, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """One group's arrays after moving its mesh axis from `src` to `dst` (one of the boxing transitions)."""
+    match step_kind(src, dst):
         case "all_reduce":
             return all_reduce(arrays, src.op)
         case "reduce_scatter":
@@ -84,8 +80,17 @@ def _run(step: Step, arrays: list[np.ndarray]) -> list[np.ndarray]:
             return all_gather(arrays, src.axis)
         case "all_to_all":
             return all_to_all(arrays, dst.axis, src.axis)
-        case _:
+        case "slice":
             return [local_slice(a, dst.axis, len(arrays), k) for k, a in enumerate(arrays)]
+    raise ValueError(f"no collective moves a mesh axis from {src} to {dst}")
+
+
+def _run(step: Step, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """One group's arrays after the step."""
+    src, dst = step.src[step.axis], step.dst[step.axis]
+    if step_kind(src, dst) != step.kind:
+        raise ValueError(f"a {step.kind} step cannot move mesh axis {step.axis} from {src} to {dst}")
+    return transition(src, dst, arrays)
 
 
 def apply_step(step: Step, locals_: dict[int, np.ndarray], mesh: Mesh) -> dict[int, np.ndarray]:
@@ -101,4 +106,4 @@ def apply_step(step: Step, locals_: dict[int, np.ndarray], mesh: Mesh) -> dict[i
     return out
 
 
-__all__ = ["all_reduce", "reduce_scatter", "all_gather", "all_to_all", "local_slice", "apply_step"]
+__all__ = ["all_reduce", "reduce_scatter", "all_gather", "all_to_all", "local_slice", "transition", "apply_step"]

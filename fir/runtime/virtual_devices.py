@@ -29,7 +29,7 @@ from fir.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, re
                            value_sbp)
 from fir.runtime import collectives
 from fir.runtime.reference import KernelError, evaluate
-from fir.sbp import Mesh, NdSbp, Partial, Split, format_nd
+from fir.sbp import Mesh, NdSbp, Split, format_nd
 
 
 @dataclass
@@ -132,19 +132,7 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
 def _complete(op: CollectiveOp, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Each member's result of a collective, from the members' local arrays in group order."""
     _, src, dst = op.transition()
-    if op.KIND == "all_reduce":
-        assert isinstance(src, Partial)
-        return collectives.all_reduce(arrays, src.op)
-    if op.KIND == "reduce_scatter":
-        assert isinstance(src, Partial) and isinstance(dst, Split)
-        return collectives.reduce_scatter(arrays, src.op, dst.axis)
-    if op.KIND == "all_gather":
-        assert isinstance(src, Split)
-        return collectives.all_gather(arrays, src.axis)
-    if op.KIND == "all_to_all":
-        assert isinstance(src, Split) and isinstance(dst, Split)
-        return collectives.all_to_all(arrays, dst.axis, src.axis)
-    raise FirError(f"'{op.name}' is not a collective the runtime knows", loc_of(op.location))
+    return collectives.transition(src, dst, arrays)
 
 
 def _check_members(ops: list[CollectiveOp], arrays: list[np.ndarray], group: tuple[int, ...]) -> None:
