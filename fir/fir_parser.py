@@ -27,14 +27,16 @@ from fir.attr_schema import AttrError, AttrSpec, Call, Ident, IntListSpec, Symbo
 from fir.diagnostics import FirError, SourceLoc
 from fir.dialects import comm as comm_dialect
 from fir.dialects import flow as flow_dialect
+from fir.dialects import plan as plan_dialect
 from fir.dialects import sbp as sbp_dialect
 from fir.dialects.base import FirOp, fmt_tt, from_tt, to_tt
 from fir.dialects.flow import check_distribution_attrs
 from fir.dialects.sbp import MeshOp
 from fir.shape_inference import ShapeError
 
-# Every op a function body may hold, by name: the flow ops and the comm ops.
-OPS_BY_NAME: dict[str, type[FirOp]] = {**flow_dialect.OPS_BY_NAME, **{op.name: op for op in comm_dialect.COMM_OPS}}
+# Every op a function body may hold, by name: the flow ops, the comm ops and the plan ops.
+OPS_BY_NAME: dict[str, type[FirOp]] = {**flow_dialect.OPS_BY_NAME, **{op.name: op for op in comm_dialect.COMM_OPS},
+                                       **{op.name: op for op in plan_dialect.PLAN_OPS}}
 
 # Discardable attributes of functions: the placement `mesh`, and on the per-device programs that partition
 # writes, the `device` they run on, the logical function they come `of`, and the logical indices of the
@@ -45,11 +47,17 @@ FUNC_ATTRS: dict[str, AttrSpec] = {
     "of": sbp_dialect.SymbolSpec(doc="a per-device program: the logical function it is a piece of"),
     "args": IntListSpec(doc="a per-device program: the logical index of each argument"),
     "results": IntListSpec(doc="a per-device program: the logical index of each result"),
+    **plan_dialect.FUNC_ATTRS,
 }
-# Discardable attributes of arguments and results.
-VALUE_ATTRS: dict[str, AttrSpec] = sbp_dialect.VALUE_ATTRS
+# Discardable attributes of arguments (their layout, and the axis micro-batches cut them along) and results.
+ARG_ATTRS: dict[str, AttrSpec] = {**sbp_dialect.VALUE_ATTRS, **plan_dialect.ARG_ATTRS}
+RESULT_ATTRS: dict[str, AttrSpec] = sbp_dialect.VALUE_ATTRS
+# Discardable attributes of ops: placement and SBP annotations, and a plan instruction's stream, micro-batch
+# and arena offset.
+OP_ATTRS: dict[str, AttrSpec] = {**sbp_dialect.OP_ATTRS, **plan_dialect.INSTR_ATTRS}
 # The order the printer writes an op's discardable attributes in (after the op's own).
-OP_ATTR_ORDER: tuple[str, ...] = (sbp_dialect.SBP, sbp_dialect.SBP_IN, sbp_dialect.SBP_COST, sbp_dialect.MESH)
+OP_ATTR_ORDER: tuple[str, ...] = (sbp_dialect.SBP, sbp_dialect.SBP_IN, sbp_dialect.SBP_COST, sbp_dialect.MESH,
+                                  *plan_dialect.INSTR_ATTRS)
 # The largest mesh the .fir syntax declares (its default device list is written out in the IR).
 MAX_MESH_DEVICES = 1 << 16
 
@@ -296,7 +304,7 @@ class _Builder:
             if str(vtok) in defs:
                 raise self.error(f"argument {vtok} is already defined", vtok)
             arg_types.append(self.tensor_type(ttok))
-            arg_dicts.append(self.discardable(self.attr_dict(adict), VALUE_ATTRS, "argument", f"argument {vtok}"))
+            arg_dicts.append(self.discardable(self.attr_dict(adict), ARG_ATTRS, "argument", f"argument {vtok}"))
             defs[str(vtok)] = vtok
         func_attrs = self.discardable(self.attr_dict(fattrs_node), FUNC_ATTRS, "function", f"function {name_tok}")
 
@@ -316,7 +324,7 @@ class _Builder:
                     continue
                 ttok, rdict = (r, None) if isinstance(r, Token) else r.children
                 declared_results.append((self.tensor_type(ttok), ttok))
-                res_dicts.append(self.discardable(self.attr_dict(rdict), VALUE_ATTRS, "result",
+                res_dicts.append(self.discardable(self.attr_dict(rdict), RESULT_ATTRS, "result",
                                                   f"result {len(res_dicts)}"))
 
         ret: ReturnOp | None = None
@@ -475,7 +483,7 @@ class _Builder:
         for aname, (value, _, vnode) in sorted(attrs.items(), key=lambda kv: _attr_rank(kv[0])):
             if aname in op_cls.DISCARDABLE:
                 try:
-                    discardable[aname] = sbp_dialect.OP_ATTRS[aname].to_attr(value)
+                    discardable[aname] = OP_ATTRS[aname].to_attr(value)
                 except AttrError as e:
                     raise self.error(attr_message(f"attribute '{aname}' of {op_name}", e), vnode) from None
         try:
@@ -558,4 +566,4 @@ def parse_fir(text: str, filename: str = "<input>", line_offset: int = 0) -> Mod
     return _Builder(filename, line_offset).module(tree)
 
 
-__all__ = ["parse_fir", "OPS_BY_NAME", "FUNC_ATTRS", "VALUE_ATTRS", "OP_ATTR_ORDER", "attr_message"]
+__all__ = ["parse_fir", "OPS_BY_NAME", "FUNC_ATTRS", "ARG_ATTRS", "RESULT_ATTRS", "OP_ATTRS", "OP_ATTR_ORDER", "attr_message"]

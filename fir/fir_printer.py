@@ -14,12 +14,12 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from fir.attr_schema import AttrSpec
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import FirOp
-from fir.dialects.sbp import OP_ATTRS, MeshOp
+from fir.dialects.sbp import MeshOp
 from fir.dtypes import format_type
-from fir.fir_parser import FUNC_ATTRS, OP_ATTR_ORDER, VALUE_ATTRS
+from fir.fir_parser import ARG_ATTRS, FUNC_ATTRS, OP_ATTR_ORDER, OP_ATTRS, RESULT_ATTRS
 
 
-class _Names:
+class ValueNames:
     """Unique, readable value names within one function: the name hint when free, else a suffix or a number."""
 
     def __init__(self) -> None:
@@ -47,7 +47,7 @@ class _Names:
         return "%" + self.names[v]
 
 
-def _print_op(op: Operation, names: _Names, out: StringIO) -> None:
+def _print_op(op: Operation, names: ValueNames, out: StringIO) -> None:
     if isinstance(op, ReturnOp):
         if op.operands:
             vals = ", ".join(names[v] for v in op.operands)
@@ -94,11 +94,11 @@ def _format_attrs(attrs: dict[str, Attribute], specs: dict[str, AttrSpec], owner
     return out
 
 
-def _attr_dict_text(d: DictionaryAttr | None, func: FuncOp, owner: str) -> str:
+def _attr_dict_text(d: DictionaryAttr | None, specs: dict[str, AttrSpec], func: FuncOp, owner: str) -> str:
     """` {sbp = [...], mesh = @m}` for an argument or result, or nothing."""
     if d is None or not d.data:
         return ""
-    return " {" + ", ".join(_format_attrs(dict(d.data), VALUE_ATTRS, owner, func)) + "}"
+    return " {" + ", ".join(_format_attrs(dict(d.data), specs, owner, func)) + "}"
 
 
 def print_mesh(mesh: MeshOp, out: StringIO) -> None:
@@ -112,7 +112,7 @@ def print_mesh(mesh: MeshOp, out: StringIO) -> None:
 
 def print_func(func: FuncOp, out: StringIO) -> None:
     """Write one function in .fir syntax."""
-    names = _Names()
+    names = ValueNames()
     block = func.body.blocks.first
     fname = f"@{func.sym_name.data}"
     arg_dicts = list(func.arg_attrs.data) if func.arg_attrs is not None else []
@@ -120,10 +120,12 @@ def print_func(func: FuncOp, out: StringIO) -> None:
     args = []
     for i, a in enumerate(block.args if block is not None else ()):
         d = arg_dicts[i] if i < len(arg_dicts) else None
-        args.append(f"{names.define(a)}: {format_type(a.type)}{_attr_dict_text(d, func, f'argument {i} of {fname}')}")
+        attrs = _attr_dict_text(d, ARG_ATTRS, func, f"argument {i} of {fname}")
+        args.append(f"{names.define(a)}: {format_type(a.type)}{attrs}")
     outs = func.function_type.outputs.data
     header = f"func.func {fname}({', '.join(args)})"
-    res_texts = [_attr_dict_text(res_dicts[i] if i < len(res_dicts) else None, func, f"result {i} of {fname}")
+    res_texts = [_attr_dict_text(res_dicts[i] if i < len(res_dicts) else None, RESULT_ATTRS, func,
+                                 f"result {i} of {fname}")
                  for i in range(len(outs))]
     if len(outs) == 1 and not res_texts[0]:
         header += f" -> {format_type(outs[0])}"

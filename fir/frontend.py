@@ -18,14 +18,16 @@ from fir.dialects.base import FirOp
 from fir.dialects.comm import Comm, CommOp
 from fir.dialects.base import to_tt
 from fir.dialects.flow import Flow
+from fir.dialects.plan import Plan, PlanOp
+from fir import plan_ir
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
-from fir.fir_parser import FUNC_ATTRS, VALUE_ATTRS, attr_message, parse_fir
+from fir.fir_parser import ARG_ATTRS, FUNC_ATTRS, RESULT_ATTRS, attr_message, parse_fir
 from fir.sbp import Mesh, NdSbp, Partial, Split, format_nd
 from fir.shape_inference import ShapeError
 
 # The dialects a fir program may use: builtin and func for its structure, flow for the ops, sbp for meshes and
 # SBP attributes, comm for the data movement that boxing inserts.
-DIALECTS = (Builtin, Func, Flow, Sbp_, Comm)
+DIALECTS = (Builtin, Func, Flow, Sbp_, Comm, Plan)
 
 
 def make_context() -> Context:
@@ -186,8 +188,8 @@ def _check_func_attrs(func: FuncOp) -> None:
     if "of" in func.attributes and "device" not in func.attributes:
         raise FirError(f"{owner}: a device program (one with `of`) needs `device`, the device it runs on", where)
     ftype = func.function_type
-    for which, kind, n in (("arg_attrs", "argument", len(ftype.inputs.data)),
-                           ("res_attrs", "result", len(ftype.outputs.data))):
+    for which, kind, n, specs in (("arg_attrs", "argument", len(ftype.inputs.data), ARG_ATTRS),
+                                  ("res_attrs", "result", len(ftype.outputs.data), RESULT_ATTRS)):
         dicts = getattr(func, which)
         if dicts is None:
             continue
@@ -195,7 +197,7 @@ def _check_func_attrs(func: FuncOp) -> None:
             raise FirError(f"{owner}: {which} has {len(dicts.data)} entries but the function has {n} {kind}(s)",
                            where)
         for d in dicts.data:
-            _check_attr_dict(dict(d.data), VALUE_ATTRS, kind, owner, where)
+            _check_attr_dict(dict(d.data), specs, kind, owner, where)
 
 
 def _check_symbols(module: ModuleOp) -> None:
@@ -353,6 +355,21 @@ def verify_module(module: ModuleOp) -> None:
     for op in module.walk():
         _verify_op(op)
     check_placement(module)
+    _check_plans(module)
+
+
+def _check_plans(module: ModuleOp) -> None:
+    """Plan ops only in plans, and every plan's streams and events well formed."""
+    for func in module.ops:
+        if not isinstance(func, FuncOp):
+            continue
+        if plan_ir.is_plan(func):
+            plan_ir.verify_plan(func)
+            continue
+        for op in func.body.ops:
+            if isinstance(op, PlanOp):
+                raise FirError(f"'{op.name}' belongs in a plan (a function with a `schedule` attribute, made by "
+                               "the schedule pass)", loc_of(op.location))
 
 
 def _verify_op(op: Operation) -> None:

@@ -147,9 +147,113 @@ def test_devices_flag(capsys):
 
 def test_check_reports_a_wrong_result(monkeypatch, capsys):
     """--check fails (exit 1, naming the result) when the distributed run disagrees with the reference."""
-    import fir_tools.fir_run as tool
+    import fir_tools.fir_run as executor
 
-    real = tool.run_partitioned
-    monkeypatch.setattr(tool, "run_partitioned", lambda *a: [r + 1e-3 for r in real(*a)])
+    real = executor.execute_plan
+
+    def off_by_a_little(*args, **kwargs):
+        run = real(*args, **kwargs)
+        run.outputs = [r + 1e-3 for r in run.outputs]
+        return run
+
+    monkeypatch.setattr(executor, "execute_plan", off_by_a_little)
     assert fir_run([os.path.join(EXAMPLES, "tp_mlp.fir"), "--check", "--quiet"]) == 1
     assert "error: result y differs from the single-device reference" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- plans
+PIPELINE = os.path.join(EXAMPLES, "pipeline_train_mlp.fir")
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_micro_batched_pipeline_in_every_interleaving(schedule, capsys):
+    for interleave in ("in-order", "random", "adversarial"):
+        argv = [PIPELINE, "--microbatches", "4", "--schedule", schedule, "--interleave", interleave, "--check"]
+        if interleave != "in-order":
+            argv += ["--interleave-seed", "5"]
+        assert fir_run(argv) == 0
+        out = capsys.readouterr().out
+        assert out.count(": ok (max abs error") == 5, out
+
+
+def test_trace_of_a_run_and_of_a_simulation(tmp_path, capsys):
+    import json
+
+    run, sim = tmp_path / "run.json", tmp_path / "sim.json"
+    assert fir_run([PIPELINE, "--microbatches", "2", "--trace", str(run), "--quiet"]) == 0
+    assert fir_run([PIPELINE, "--microbatches", "2", "--simulate", "--hardware", "h100-ib", "--trace", str(sim)]) == 0
+    report = capsys.readouterr().out
+    assert "simulated @train_step on h100-ib (streams overlap): step time" in report
+    assert "pipeline bubble:" in report and f"wrote {sim}" in report
+    for path, simulated in ((run, False), (sim, True)):
+        data = json.loads(path.read_text())
+        complete = [e for e in data["traceEvents"] if e["ph"] == "X"]
+        assert complete and all(e["pid"] >= 1 and e["tid"] >= 1 and e["dur"] >= 0 for e in complete)
+        assert {e["pid"] for e in complete} == {1, 2}  # devices 0 and 1
+        assert data["otherData"].get("simulated", False) is simulated
+    assert json.loads(sim.read_text())["otherData"]["hardware"] == "h100-ib"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--simulate", "--check"], "--check has no effect with --simulate"),
+    (["--simulate", "--seed", "3"], "--seed has no effect with --simulate"),
+    (["--simulate", "--interleave", "random"], "--interleave has no effect with --simulate"),
+    (["--hardware", "h100-ib"], "--hardware only says what --simulate models; add --simulate"),
+    (["--interleave-seed", "2"], "--interleave-seed needs --interleave random or adversarial"),
+    (["--microbatches", "0"], "expected a positive number of micro-batches, got '0'"),
+    (["--schedule", "zigzag"], "invalid choice: 'zigzag'"),
+])
+def test_flags_that_would_be_ignored_or_are_bad_give_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        fir_run([PIPELINE, *argv])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plan_errors_are_located_and_write_nothing(tmp_path, capsys):
+    from fir_tools.fir_opt import main as fir_opt
+
+    out, trace = tmp_path / "o.npz", tmp_path / "t.json"
+    mlp = os.path.join(EXAMPLES, "mlp.fir")
+    assert fir_run([mlp, "--microbatches", "4"]) == 1
+    assert "mlp.fir:8:1: error: --microbatches 4: no argument of @mlp is marked `microbatch = axis`" in \
+        capsys.readouterr().err
+    # The output cannot be written: neither it nor the trace is left behind.
+    assert fir_run([PIPELINE, "--trace", str(trace), "--output", str(tmp_path / "no" / "o.npz")]) == 1
+    assert "cannot write outputs" in capsys.readouterr().err and not trace.exists()
+    assert fir_run([mlp, "--simulate", "--trace", str(tmp_path / "no" / "t.json")]) == 1
+    assert "cannot write the trace" in capsys.readouterr().err
+    assert fir_run([mlp, "--simulate", "--hardware", "h100-pcie"]) == 1
+    assert "unknown hardware 'h100-pcie'" in capsys.readouterr().err
+    # Device programs that talk to each other run only together, from the logical program; planned or not.
+    for passes in ("sbp-infer,insert-boxing,partition", "sbp-infer,insert-boxing,partition,schedule,plan-memory"):
+        parted = tmp_path / "parted.fir"
+        assert fir_opt([os.path.join(EXAMPLES, "tp_mlp.fir"), "-p", passes, "-o", str(parted)]) == 0
+        assert fir_run([str(parted), "--output", str(out)]) == 1
+        assert "the program holds the device programs of @mlp, which run only together" in capsys.readouterr().err
+        assert fir_run([str(parted), "--entry", "mlp.dev1", "--output", str(out)]) == 1
+        assert "'comm.all_reduce' needs the other devices: @mlp.dev1 is one device's program" in \
+            capsys.readouterr().err and not out.exists()
+
+
+def test_a_planned_file_runs_as_it_is_and_its_offsets_are_checked(tmp_path, capsys):
+    from fir_tools.fir_opt import main as fir_opt
+
+    planned = tmp_path / "planned.fir"
+    clf = os.path.join(EXAMPLES, "classifier.fir")
+    assert fir_opt([clf, "-p", "schedule,plan-memory", "-o", str(planned)]) == 0
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert fir_run([clf, "--output", str(a), "--quiet"]) == 0
+    assert fir_run([str(planned), "--output", str(b), "--quiet", "--interleave", "adversarial"]) == 0
+    with np.load(a) as za, np.load(b) as zb:
+        assert za.files == zb.files  # the same names: the plan's results are named after what they copy out
+        for k in za.files:
+            np.testing.assert_array_equal(za[k], zb[k])
+    assert fir_run([str(planned), "--schedule", "gpipe"]) == 1
+    assert "--schedule shapes how a program is compiled, but @classifier is a plan already" in capsys.readouterr().err
+    text = planned.read_text()
+    offset = text.split("%w2.in = plan.load %w2 {stream = \"h2d\", offset = ")[1].split("}")[0]
+    planned.write_text(text.replace(f"%w2.in = plan.load %w2 {{stream = \"h2d\", offset = {offset}}}",
+                                    "%w2.in = plan.load %w2 {stream = \"h2d\", offset = 0}"))
+    assert fir_run([str(planned)]) == 1
+    assert "'plan.load' writes [0, 5120) over bytes of %w1.in" in capsys.readouterr().err

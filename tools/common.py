@@ -7,29 +7,16 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from fir.diagnostics import FirError, SourceLoc
+from fir import files
+from fir.diagnostics import FirError
+from fir.files import decode_utf8
 
 
 def read_text(path: str | None) -> str:
     """Read a source file (or stdin when path is None or '-'); FirError if it cannot be read."""
     if path is None or path == "-":
-        data = sys.stdin.buffer.read()
-        name = "<stdin>"
-    else:
-        name = path
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise FirError(f"cannot read '{path}': {e.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        before = data[: e.start]
-        line = before.count(b"\n") + 1
-        col = len(before) - (before.rfind(b"\n") + 1) + 1
-        raise FirError(f"invalid UTF-8 byte 0x{data[e.start]:02x}: fir sources are UTF-8 text",
-                       SourceLoc(name, line, col)) from None
+        return decode_utf8(sys.stdin.buffer.read(), "<stdin>")
+    return files.read_text(path)
 
 
 def internal_error(tool: str, e: BaseException) -> int:

@@ -29,8 +29,10 @@ from xdsl.ir import Dialect
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def
 
 from fir.attr_schema import OPTIONAL, AttrSpec, IntListSpec, IntSpec
+from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import TT, FirOp, fmt_tt
 from fir.dialects.flow import INT_LIST_PROP, INT_PROP
+from fir.dialects.plan import INSTR_ATTRS
 from fir.dialects.sbp import NdSbpSpec, SymbolSpec
 from fir.sbp import Broadcast, NdSbp, Partial, Sbp, Split, format_nd
 from fir.shape_inference import ShapeError
@@ -38,6 +40,8 @@ from fir.shape_inference import ShapeError
 
 class CommOp(FirOp):
     """Base of the comm ops."""
+
+    DISCARDABLE: ClassVar[frozenset[str]] = frozenset(INSTR_ATTRS)
 
     @property
     def is_local(self) -> bool:
@@ -124,6 +128,18 @@ class CollectiveOp(CommOp):
         axis = changed_axis(src, dst)
         assert axis is not None
         return axis, src[axis], dst[axis]
+
+    def group_for(self, device: int, program: str) -> tuple[int, ...]:
+        """The devices this collective runs with, checked to list `device` once; `program` names the caller's IR."""
+        vals = self.attr_values()
+        if "group" not in vals:
+            raise FirError(f"device {device}: '{self.name}' has no group and id ({program} collectives come from "
+                           "partition)", loc_of(self.location))
+        group = tuple(vals["group"])
+        if device not in group or len(set(group)) != len(group):
+            raise FirError(f"device {device}: the group {list(group)} of '{self.name}' must list this device, and "
+                           "each device once", loc_of(self.location))
+        return group
 
 
 def changed_axis(src: NdSbp, dst: NdSbp) -> int | None:

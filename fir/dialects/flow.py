@@ -28,6 +28,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from fir import dtypes
 from fir import shape_inference as si
+from fir.dialects.plan import INSTR_ATTRS
 from fir.attr_schema import (
     AttrError,
     AttrSpec,
@@ -62,7 +63,7 @@ def _check_dtype(op: str, what: str, dt: str, allowed: Sequence[str]) -> None:
 class FlowOp(FirOp):
     """Base of the flow ops; besides their own attributes they may carry placement and SBP annotations."""
 
-    DISCARDABLE: ClassVar[frozenset[str]] = frozenset(sbp_dialect.OP_ATTRS)
+    DISCARDABLE: ClassVar[frozenset[str]] = frozenset(sbp_dialect.OP_ATTRS) | frozenset(INSTR_ATTRS)
 
     def verify_(self) -> None:
         super().verify_()

@@ -43,11 +43,38 @@ def _partition() -> type[ModulePass]:
     return PartitionPass
 
 
+def _microbatch() -> type[ModulePass]:
+    from fir.passes.microbatch import MicrobatchPass
+
+    return MicrobatchPass
+
+
+def _schedule() -> type[ModulePass]:
+    from fir.passes.schedule import SchedulePass
+
+    return SchedulePass
+
+
+def _plan_memory() -> type[ModulePass]:
+    from fir.passes.plan_memory import PlanMemoryPass
+
+    return PlanMemoryPass
+
+
+def _cost_report() -> type[ModulePass]:
+    from fir.passes.cost_report import CostReportPass
+
+    return CostReportPass
+
+
 # The passes that turn a logical program into device programs, in order (fir-run applies them).
 DISTRIBUTION_PIPELINE = ("sbp-infer", "insert-boxing", "partition")
+# The passes that turn device programs into execution plans, in order.
+PLAN_PIPELINE = ("schedule", "plan-memory")
 
 
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     """Pass name -> factory of the pass class, as xDSLOptMain expects."""
     return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce, "sbp-infer": _sbp_infer,
-            "insert-boxing": _insert_boxing, "partition": _partition}
+            "insert-boxing": _insert_boxing, "partition": _partition, "microbatch": _microbatch,
+            "schedule": _schedule, "plan-memory": _plan_memory, "cost-report": _cost_report}

@@ -6,7 +6,8 @@ device's position is written out as constants: the offsets of comm.slice (lowere
 of a mean over a split axis, the offset of an iota along a split axis, the piece of a split constant, the
 `group` of each collective and the peer of each comm.send / comm.recv. Arguments and results keep their
 logical index (`args` / `results` on the function, when not all of them are on the device) and carry their
-`sbp` and `mesh`, so a runtime can scatter inputs and gather outputs.
+`sbp` and `mesh`, so a runtime can scatter inputs and gather outputs. Every op made for an op tagged `micro = k`
+(the microbatch pass) is tagged too; a comm op without a tag takes the tag of the value it moves.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import from_tt, to_tt
 from fir.dialects.comm import CollectiveOp, CommOp, RecvOp, SendOp, SendRecvOp
 from fir.dialects.flow import OPS_BY_NAME, FlowOp
+from fir.dialects.plan import MICRO
 from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN
 from fir.placement import ARGS, DEVICE, OF, RESULTS, comm_result_layout, placed_functions, arg_attrs, int_attr, layout_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
 from fir.sbp import Mesh, NdSbp, Split, format_nd
@@ -135,6 +137,9 @@ class _DeviceBuilder:
         self.values: dict[SSAValue, SSAValue] = {}
         self.block = Block()
         self.comm_ids: dict[Operation, int] = {}
+        # The logical op each op of the device program was made for (the microbatch pass stitches by it).
+        self.origin: dict[Operation, Operation] = {}
+        self.source: Operation | None = None
 
     def mesh_of(self, name: str | None, what: str, where: Operation) -> Mesh:
         return lookup_mesh(self.meshes, name, what, where)
@@ -147,6 +152,11 @@ class _DeviceBuilder:
         op.location = loc
         if hint is not None and op.results:
             op.results[0].name_hint = hint
+        if self.source is not None:
+            self.origin[op] = self.source
+            micro = _micro_tag(self.source)
+            if micro is not None and not isinstance(op, ReturnOp):
+                op.attributes[MICRO] = micro
         self.block.add_op(op)
         return op
 
@@ -173,6 +183,7 @@ class _DeviceBuilder:
                 next_id += 1
         res_types, res_dicts, res_index = [], [], []
         for op in src_block.ops:
+            self.source = op
             if isinstance(op, ReturnOp):
                 outs = []
                 for i, (v, d) in enumerate(zip(op.operands, res_attrs(func))):
@@ -189,6 +200,7 @@ class _DeviceBuilder:
                 self.send_recv(op)
             elif isinstance(op, CollectiveOp):
                 self.collective(op)
+        self.source = None
         name = f"{func.sym_name.data}.dev{self.device}"
         dev = FuncOp(name, FunctionType.from_lists([a.type for a in self.block.args], res_types),
                      Region(self.block),
@@ -312,6 +324,15 @@ class _DeviceBuilder:
             local = layout.local_shape(shape, vals["to"], dst.shape, dst.coord(self.device))
             new = RecvOp.make([], from_tt((local, dt)), from_device=_source(src, dst, self.device), id=ident)
             self.values[op.results[0]] = self.add(new, op.location, op.results[0].name_hint).results[0]
+
+
+def _micro_tag(op: Operation) -> Attribute | None:
+    """The op's `micro` tag; a comm op without one (insert-boxing writes none) moves a value of its producer's."""
+    while MICRO not in op.attributes:
+        if not isinstance(op, CommOp) or not op.operands or not isinstance(op.operands[0].owner, Operation):
+            return None
+        op = op.operands[0].owner
+    return op.attributes[MICRO]
 
 
 def _suffix(hint: str | None, what: str) -> str | None:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
+from collections.abc import Iterator
 
 import ml_dtypes
 import numpy as np
 from xdsl.dialects.builtin import TensorType
 from xdsl.dialects.func import FuncOp
-from xdsl.ir import SSAValue
+from xdsl.ir import SSAValue, Use
 
 from fir import dtypes
 from fir.diagnostics import FirError
-from fir.dialects import flow
+from fir.dialects import flow, plan
 from fir.dialects.base import to_tt
+from fir.files import Writer, write_file
 
 
 def arg_names(func: FuncOp) -> list[str]:
@@ -26,11 +26,14 @@ def arg_names(func: FuncOp) -> list[str]:
 
 
 def result_names(func: FuncOp) -> list[str]:
-    """A unique output name per function result: the returned value's %name, or resultN."""
+    """A unique output name per function result: the returned value's %name (in a plan, that of the value
+    plan.store copies out), or resultN."""
     block = func.body.blocks.first
     assert block is not None and block.last_op is not None
     names: list[str] = []
     for i, v in enumerate(block.last_op.operands):
+        if isinstance(v.owner, plan.StoreOp):
+            v = v.owner.input
         name = v.name_hint or f"result{i}"
         if name in names:
             name = f"result{i}"
@@ -79,10 +82,19 @@ def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
     return [_coerce(n, data[n], a.type) for n, a in zip(names, block.args)]
 
 
+def _uses(v: SSAValue) -> Iterator[Use]:
+    """The uses of an argument, seen through the plan.load that copies it to a device in a plan."""
+    for use in v.uses:
+        if isinstance(use.operation, plan.LoadOp):
+            yield from _uses(use.operation.results[0])
+        else:
+            yield use
+
+
 def _int_bound(v: SSAValue) -> int | None:
     """The exclusive upper bound an integer input must respect, from how it is used (indices, labels)."""
     bound = None
-    for use in v.uses:
+    for use in _uses(v):
         op = use.operation
         b = None
         if isinstance(op, flow.GatherOp) and use.index == 1:
@@ -96,7 +108,7 @@ def _int_bound(v: SSAValue) -> int | None:
 
 def _float_scale(v: SSAValue) -> float:
     """1/sqrt(K) for a matmul right-hand side (keeps activations near unit scale), else 1."""
-    for use in v.uses:
+    for use in _uses(v):
         op = use.operation
         if isinstance(op, flow.MatmulOp) and use.index == 1:
             shape = to_tt(v.type)[0]
@@ -126,20 +138,13 @@ def random_inputs(func: FuncOp, seed: int) -> list[np.ndarray]:
     return out
 
 
-def save_outputs(path: str, names: list[str], values: list[np.ndarray]) -> None:
-    """Write outputs to an .npz atomically (a temporary file renamed into place), so no half-written file remains.
-
-    bf16 results are stored as float32 (exactly), since .npz has no bf16 type."""
+def outputs_writer(names: list[str], values: list[np.ndarray]) -> Writer:
+    """What writes outputs as an .npz keyed by name (bf16 results stored as float32, exactly, since .npz has no
+    bf16 type)."""
     values = [v.astype(np.float32) if v.dtype == np.dtype(ml_dtypes.bfloat16) else v for v in values]
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    except OSError as e:
-        raise FirError(f"cannot write outputs '{path}': {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dict(zip(names, values)))
-        os.replace(tmp, path)
-    except OSError as e:
-        os.unlink(tmp)
-        raise FirError(f"cannot write outputs '{path}': {e.strerror}") from None
+    return lambda f: np.savez(f, **dict(zip(names, values)))
+
+
+def save_outputs(path: str, names: list[str], values: list[np.ndarray]) -> None:
+    """Write outputs to an .npz all or nothing (fir.files)."""
+    write_file(path, "outputs", outputs_writer(names, values))

@@ -1,11 +1,13 @@
-"""Run a partitioned program on N virtual devices in one process.
+"""Run a partitioned program on N virtual devices in one process, op by op, without a plan.
 
-Each device runs its own program (the `@f.devK` functions partition made) over its own memory: a dictionary of
-the numpy arrays it holds, never shared with another device. A program is a generator that stops at every comm
-op; the scheduler resumes devices round-robin and completes a collective once every member of its group has
-arrived, moving real copies of the data between the devices' memories (fir.runtime.collectives). Sends are
-buffered; a receive waits for its send. Logical inputs are scattered to the devices by their SBP and the
-results gathered back (fir.layout).
+fir-run executes plans (fir.runtime.plan_executor); this runner executes partition's device programs directly, so the
+tests can check the distribution passes apart from scheduling and memory planning. Each device runs its own program
+(the `@f.devK` functions partition made) over its own memory: a dictionary of the numpy arrays it holds, never shared
+with another device. A program is a generator that stops at every comm op; the scheduler resumes devices round-robin
+and completes a collective once every member of its group has arrived, moving real copies of the data between the
+devices' memories (fir.runtime.collectives). Sends are buffered; a receive waits for its send. Logical inputs are
+scattered to the devices by their SBP and the results gathered back (fir.layout); the plan executor
+(fir.runtime.plan_executor) shares that scatter and gather and the collectives' completion.
 """
 
 from __future__ import annotations
@@ -104,13 +106,7 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
                 raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
         elif isinstance(op, CollectiveOp):
             vals = op.attr_values()
-            if "group" not in vals:
-                raise FirError(f"device {dev.id}: '{op.name}' has no group and id (a device program's collectives "
-                               "come from partition)", loc_of(op.location))
-            group = tuple(vals["group"])
-            if dev.id not in group or len(set(group)) != len(group):
-                raise FirError(f"device {dev.id}: the group {list(group)} of '{op.name}' must list this device, "
-                               "and each device once", loc_of(op.location))
+            group = op.group_for(dev.id, "a device program's")
             out = yield _Collective(op, (vals["id"], group)), ins[0]
         elif isinstance(op, SendOp):
             vals = op.attr_values()
@@ -129,9 +125,12 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
     raise AssertionError("a function ends with func.return")
 
 
-def _complete(op: CollectiveOp, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Each member's result of a collective, from the members' local arrays in group order."""
-    _, src, dst = op.transition()
+def complete_collective(ops: Sequence[CollectiveOp], arrays: list[np.ndarray],
+                        group: tuple[int, ...]) -> list[np.ndarray]:
+    """Each member's result of one collective, from the members' ops and local arrays in group order (checked to
+    match first)."""
+    _check_members(ops, arrays, group)
+    _, src, dst = ops[0].transition()
     return collectives.transition(src, dst, arrays)
 
 
@@ -167,8 +166,7 @@ def _describe(dev_id: int, req: Any) -> str:
 
 def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
     """Run device programs to completion; returns each device's results."""
-    devices = {int(f.attributes[DEVICE].value.data): VirtualDevice(int(f.attributes[DEVICE].value.data), f)
-               for f in programs}
+    devices = {device_of(f): VirtualDevice(device_of(f), f) for f in programs}
     gens = {d: _run(dev, device_args[d]) for d, dev in devices.items()}
     resume: dict[int, Any] = {d: None for d in gens}  # devices ready to run, with the value to resume with
     waiting: dict[int, Any] = {}
@@ -208,9 +206,7 @@ def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]
         for key, got in list(arrived.items()):
             group = key[1]
             if len(got) == len(group):
-                arrays = [got[m] for m in group]
-                _check_members([waiting[m].op for m in group], arrays, group)
-                outs = _complete(waiting[group[0]].op, arrays)
+                outs = complete_collective([waiting[m].op for m in group], [got[m] for m in group], group)
                 for m, out in zip(group, outs):
                     resume[m] = out
                     del waiting[m]
@@ -227,15 +223,18 @@ def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]
     return results
 
 
-def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n_devices: int) -> list[np.ndarray]:
-    """Scatter logical inputs, run every device program of @name, gather the logical results."""
-    programs = device_programs(module, name)
+def device_of(f: FuncOp) -> int:
+    """The device a device program runs on."""
+    return int(f.attributes[DEVICE].value.data)
+
+
+def check_programs(module: ModuleOp, programs: Sequence[FuncOp], name: str, n_devices: int) -> None:
+    """Raise a FirError unless there are device programs of @name, one per device, all within `n_devices`."""
     if not programs:
         raise FirError(f"no device programs of @{name} (run the partition pass)")
-    meshes = meshes_of(module)
     seen: dict[int, FuncOp] = {}
     for f in programs:
-        d = f.attributes[DEVICE].value.data
+        d = device_of(f)
         if d in seen:
             raise FirError(f"@{seen[d].sym_name.data} and @{f.sym_name.data} are both device {d}'s program of "
                            f"@{name}", loc_of(f.location))
@@ -243,10 +242,16 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
         if d >= n_devices:
             raise FirError(f"@{name} runs on device {d}, but there are only {n_devices} virtual devices "
                            f"(use --devices {devices_needed(module)})", loc_of(f.location))
+
+
+def scatter_inputs(module: ModuleOp, programs: Sequence[FuncOp],
+                   inputs: Sequence[np.ndarray]) -> dict[int, list[np.ndarray]]:
+    """Each device's arguments: its pieces of the logical inputs, laid out by the arguments' SBP."""
+    meshes = meshes_of(module)
     scattered: dict[tuple, dict[int, np.ndarray]] = {}
     device_args: dict[int, list[np.ndarray]] = {}
     for f in programs:
-        d = f.attributes[DEVICE].value.data
+        d = device_of(f)
         block_args = f.body.blocks.first.args  # type: ignore[union-attr]
         index = _indices(f, ARGS, len(inputs), len(block_args))
         args = []
@@ -265,10 +270,16 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
                                f"{x.dtype}", loc_of(f.location))
             args.append(x)
         device_args[d] = args
-    outs = execute(programs, device_args)
+    return device_args
+
+
+def gather_results(module: ModuleOp, name: str, programs: Sequence[FuncOp],
+                   outs: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
+    """The logical results of @name, assembled from each device's results by their SBP."""
+    meshes = meshes_of(module)
     pieces: dict[int, tuple[Mesh, NdSbp, dict[int, np.ndarray]]] = {}
     for f in programs:
-        d = f.attributes[DEVICE].value.data
+        d = device_of(f)
         index = _indices(f, RESULTS, None, len(outs[d]))
         for k, (i, attrs, x) in enumerate(zip(index, res_attrs(f), outs[d])):
             mesh, nd = _value_layout(meshes, attrs, f, d, f"result {k} of @{f.sym_name.data} (logical result {i})",
@@ -299,6 +310,14 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
         except ValueError as e:  # a device's piece has the wrong shape
             raise FirError(f"result {i} ({format_nd(nd)} on @{mesh.name}): {e}", loc_of(programs[0].location)) from None
     return result
+
+
+def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n_devices: int) -> list[np.ndarray]:
+    """Scatter logical inputs, run every device program of @name, gather the logical results."""
+    programs = device_programs(module, name)
+    check_programs(module, programs, name, n_devices)
+    outs = execute(programs, scatter_inputs(module, programs, inputs))
+    return gather_results(module, name, programs, outs)
 
 
 def _value_layout(meshes: dict[str, Mesh], attrs: dict, f: FuncOp, device: int, what: str,

@@ -1,0 +1,33 @@
+"""The whole compiler as one call: a logical module to execution plans (what fir-run executes)."""
+
+from __future__ import annotations
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+
+from fir.frontend import make_context, verify_module
+from fir.passes import DISTRIBUTION_PIPELINE, PLAN_PIPELINE, available_passes
+from fir.placement import placed_functions
+
+
+def plan_passes(microbatches: int = 1, order: str = "1f1b") -> list[ModulePass]:
+    """The passes from a logical module to plans: microbatch (when asked), distribution, schedule, plan-memory."""
+    passes = available_passes()
+    options = {"microbatch": {"count": microbatches}, "schedule": {"order": order}}
+    names = (("microbatch",) if microbatches > 1 else ()) + DISTRIBUTION_PIPELINE + PLAN_PIPELINE
+    return [passes[name]()(**options.get(name, {})) for name in names]
+
+
+def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",
+                 ctx: Context | None = None) -> ModuleOp:
+    """A planned copy of a logical module, verified after every pass (distribution passes only run when the
+    module places something on a mesh)."""
+    ctx = ctx or make_context()
+    out = module.clone()
+    for p in plan_passes(microbatches, order):
+        if p.name in DISTRIBUTION_PIPELINE and not placed_functions(out)[1]:
+            continue
+        p.apply(ctx, out)
+        verify_module(out)
+    return out
