@@ -22,8 +22,12 @@ groups whose lifetimes overlap its own:
 
 (`size` is the TFLite / XLA heap simulator / OneFlow MemSizeFirst rule.) When no gap between the conflicting
 groups holds it, a group goes on top of them. The smallest
-arena wins; while it is above the lower bound, a seeded local search over the winner's placement order (as
-TVM's hill climbing) tries to shrink it within a budget of group placements.
+arena wins; while it is above the lower bound, a search within a budget of group placements tries to shrink
+it: first a skyline placement (the group that can go lowest goes next, by first fit), kept if smaller, then a
+seeded local search over the kept placement order (as TVM's hill climbing). Size first stacks the largest
+groups in fixed slots, so a short large group keeps its slot empty between its uses; the skyline fills the
+lowest hole at each step instead (a 12-layer GPT-2's loss stage: 1.101 x the bound by every ordering, the bound
+after the skyline).
 
 Speed: the time axis is cut into blocks as wide as a typical short lifetime. A group is listed in the blocks
 it touches when it spans few of them; a longer one is listed in its first and last block and put, as an offset
@@ -34,6 +38,7 @@ whose blocks list many groups, scans the placed groups with numpy.
 
 from __future__ import annotations
 
+import heapq
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
@@ -56,6 +61,9 @@ _SCAN_LISTS = 512
 MAX_SEARCH_STEPS = 300
 MIN_SEARCH_STEPS = 10
 SEARCH_BUDGET = 40_000
+# The skyline placement that opens the search orders only the groups holding this share of the area (size x
+# lifetime length), largest first; the small rest would each be refitted at many heights for little gain.
+SKYLINE_AREA = 0.99
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class MemoryPlan:
     ordering: str  # the ordering that gave the smallest arena
     arena_by_ordering: dict[str, int] = field(default_factory=dict)
     in_place: int = 0  # buffers that take their parent's bytes
-    search_steps: int = 0  # local search steps taken after the orderings (arena_size is after them)
+    search_steps: int = 0  # skyline and local search steps after the orderings (arena_size is after them)
 
 
 def align(nbytes: int) -> int:
@@ -238,17 +246,21 @@ class _Placer:
     def _block(self, t: int) -> int:
         return (t - self.t0) // self.width
 
-    def place(self, g: int, best: bool) -> int:
-        """Choose group g's offset, record it, and return it."""
+    def fit(self, g: int, best: bool) -> int:
+        """Group g's offset among the groups placed so far (nothing is recorded)."""
         s, e, size = self.start[g], self.end[g], self.size[g]
         bs, be = self._block(s), self._block(e)
         if be - bs > _QUERY_SPAN or sum(len(self.lists[b]) for b in range(bs, be + 1)) > _SCAN_LISTS:
             c = self.count
             mask = (self.pstart[:c] <= e) & (self.pend[:c] >= s)
-            off = _fit_numpy(self.plo[:c][mask], self.phi[:c][mask], size, best)
-        else:
-            off = _fit(self._conflicts(s, e, bs, be), size, best)
-        self._add(g, off, bs, be)
+            return _fit_numpy(self.plo[:c][mask], self.phi[:c][mask], size, best)
+        return _fit(self._conflicts(s, e, bs, be), size, best)
+
+    def place(self, g: int, best: bool, off: int | None = None) -> int:
+        """Choose group g's offset (unless given), record it, and return it."""
+        if off is None:
+            off = self.fit(g, best)
+        self._add(g, off, self._block(self.start[g]), self._block(self.end[g]))
         return off
 
     def _conflicts(self, s: int, e: int, bs: int, be: int) -> list[tuple[int, int]]:
@@ -350,6 +362,48 @@ def place_groups(start: np.ndarray, end: np.ndarray, size: np.ndarray, ordering:
     return _place_in_order(order.tolist(), best, start, end, size)[0]
 
 
+def _lowest_first(start: np.ndarray, end: np.ndarray, size: np.ndarray, limit: int) -> \
+        tuple[list[int], np.ndarray, int, int] | None:
+    """Skyline placement: repeatedly place, by first fit, the group that can go lowest (ties: the larger size x
+    lifetime length). Only the groups holding SKYLINE_AREA of all bytes x positions take part (the rest, small or
+    short, follow by size); first fit in the returned order gives the same offsets. Returns the order, offsets,
+    arena and fits used, or None past `limit` fits."""
+    n = len(size)
+    area = size * (end - start + 1)
+    by_area = np.lexsort((np.arange(n), start, -area))
+    cover = np.cumsum(area[by_area])
+    k = int(np.searchsorted(cover, SKYLINE_AREA * cover[-1])) + 1 if n else 0
+    lead = by_area[:k].tolist()
+    placer = _Placer(start, end, size)
+    # A group's lowest offset only rises as others are placed, so a heap keyed by a possibly stale offset finds
+    # the lowest by refitting the top until its offset holds.
+    heap = [(0, -int(area[g]), g) for g in sorted(lead) if size[g] > 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    fits = 0
+    while heap:
+        if fits >= limit:
+            return None
+        off, key, g = heap[0]
+        fits += 1
+        new = placer.fit(g, False)
+        if new != off:
+            heapq.heapreplace(heap, (new, key, g))
+            continue
+        heapq.heappop(heap)
+        placer.place(g, False, off)
+        order.append(g)
+    led = set(lead)
+    for g in np.lexsort((np.arange(n), start, -size)).tolist():
+        if g not in led:
+            order.append(g)
+            if size[g] > 0:
+                placer.place(g, False)
+    fits += n - len(led)
+    offsets = np.array([max(o, 0) for o in placer.offset], dtype=np.int64)
+    return order, offsets, int((offsets + size).max()) if n else 0, fits
+
+
 def _search(order: list[int], best: bool, start: np.ndarray, end: np.ndarray, size: np.ndarray,
             offsets: np.ndarray, arena: int, bound: int, steps: int) -> tuple[np.ndarray, int, int]:
     """Local search over the placement order (as TVM's hill climbing): move a group that reaches the top of the
@@ -401,11 +455,22 @@ def plan_buffers(buffers: Sequence[Buffer], orderings: Sequence[str] = ORDERINGS
         by_ordering[name] = arena
         if best_arena < 0 or arena < best_arena:
             best_name, best_order, best_fit, best_offsets, best_arena = name, order.tolist(), fit, offsets, arena
-    steps = min(MAX_SEARCH_STEPS, search_budget // max(1, len(g.size)))
+    n = max(1, len(g.size))
+    steps = min(MAX_SEARCH_STEPS, search_budget // n)
     if steps < MIN_SEARCH_STEPS:
         steps = 0  # a few random steps seldom help a large plan; spend no time on them
-    offsets, arena, taken = _search(best_order, best_fit, g.start, g.end, g.size, best_offsets, best_arena, bound,
-                                    steps)
+    offsets, arena, taken = best_offsets, best_arena, 0
+    if steps and arena > bound:
+        # First step: the skyline placement, which sees where the orderings' stacks leave holes (a short
+        # vocab-sized buffer that keeps a whole slot free between its uses); its fits count against the budget.
+        taken = 1
+        sky = _lowest_first(g.start, g.end, g.size, search_budget)
+        if sky is not None and sky[2] < arena:
+            best_order, best_fit, offsets, arena = sky[0], False, sky[1], sky[2]
+        steps = min(steps - 1, (search_budget - (search_budget if sky is None else sky[3])) // n)
+    offsets, arena, more = _search(best_order, best_fit, g.start, g.end, g.size, offsets, arena, bound,
+                                   max(0, steps))
+    taken += more
     return MemoryPlan(
         offsets=offsets[g.of].tolist() if len(buffers) else [],
         arena_size=arena,
