@@ -2,7 +2,7 @@
 
 For each model size, in a fresh process (so that no cache or heap of an earlier model helps or hurts): generate
 the .fir text, then time each stage on its own: parse + verify (fir.frontend.parse_source), and each pass of
-`microbatch{count=M}`, `sbp-infer`, `insert-boxing`, `partition`, `schedule`, `plan-memory`, each followed by
+`microbatch{count=M}`, `sbp-infer`, `insert-boxing`, `partition`, `fuse`, `schedule`, `plan-memory`, each followed by
 fir.frontend.verify_module, timed separately. Every pass runs on a fresh clone of its input (cloning is not
 timed); with --repeat R each stage is timed R times and the median reported (the first run fills the rule and
 boxing caches, later ones find them warm). A pass that does not exist yet, or fails, is recorded as
@@ -53,28 +53,29 @@ MODEL: dict[str, Any] = {"hidden": 768, "heads": 12, "seq": 1024, "batch": 8, "s
 def pipeline(microbatches: int) -> list[tuple[str, dict[str, Any]]]:
     """The passes the benchmark times, in order, with their options."""
     return [("microbatch", {"count": microbatches}), ("sbp-infer", {}), ("insert-boxing", {}), ("partition", {}),
-            ("schedule", {}), ("plan-memory", {})]
+            ("fuse", {}), ("schedule", {}), ("plan-memory", {})]
 
 
 def op_counts(module: ModuleOp) -> dict[str, Any]:
-    """Ops in function bodies (func.return not counted) of logical and of device functions, and the comm/plan ops."""
+    """Top-level ops in function bodies (func.return not counted; a flow.fused counts once, as the one kernel it
+    is) of logical and of device functions, and the comm, plan and fused ops."""
     logical = device = n_dev = 0
     kinds: Counter[str] = Counter()
     for f in module.ops:
         if not isinstance(f, FuncOp):
             continue
         n = 0
-        for op in f.body.walk():
+        for op in f.body.ops:
             if not isinstance(op, ReturnOp):
                 n += 1
-                if op.name.split(".", 1)[0] in ("comm", "plan"):
+                if op.name.split(".", 1)[0] in ("comm", "plan") or op.name == "flow.fused":
                     kinds[op.name] += 1
         if DEVICE in f.attributes:
             device, n_dev = device + n, n_dev + 1
         else:
             logical += n
     return {"logical_ops": logical, "device_ops": device, "device_functions": n_dev,
-            "comm_and_plan_ops": dict(sorted(kinds.items()))}
+            "comm_plan_fused_ops": dict(sorted(kinds.items()))}
 
 
 def make_pass(name: str, options: dict[str, Any]) -> ModulePass:

@@ -87,6 +87,9 @@ def _flops(op: FlowOp) -> int:
     out_shape, _ = to_tt(op.results[0].type)
     n = si.numel(out_shape)
     attrs = op.attr_values()
+    if name == "flow.fused":
+        # Each body op runs once per output element of the kernel (a broadcast operand is recomputed).
+        return sum(_flops(b) // max(1, _numel(b.results[0].type)) * n for b in op.body_ops())
     if name in ELEMENTWISE_FLOPS:
         return ELEMENTWISE_FLOPS[name] * n
     if name == "flow.gelu":
@@ -122,6 +125,9 @@ def _flops(op: FlowOp) -> int:
 def _bytes(op: FlowOp) -> int:
     name = op.name
     out = _tensor_bytes(op.results[0].type)
+    if name == "flow.fused":
+        # One kernel: its intermediates stay in registers, so it reads its operands and writes its result once.
+        return sum(_tensor_bytes(o.type) for o in op.operands) + out
     if name in FREE:
         return 0
     if name in SOURCES:
@@ -303,7 +309,7 @@ def _host_resident(func: FuncOp) -> tuple[set, set]:
         for a in block.args:
             if a.uses and all(isinstance(u.operation, plan.LoadOp) for u in a.uses):
                 args.add(a)
-    stored = {op.results[0] for op in func.body.walk() if isinstance(op, plan.StoreOp)}
+    stored = {op.results[0] for op in func.body.ops if isinstance(op, plan.StoreOp)}
     return args, stored
 
 
@@ -317,7 +323,7 @@ def memory_per_device(func: FuncOp) -> int:
     block = func.body.blocks.first
     if block is not None:
         total += sum(_tensor_bytes(a.type) for a in block.args if a not in host_args)
-    for op in func.body.walk():
+    for op in func.body.ops:  # a flow.fused body's values live in registers
         total += sum(_tensor_bytes(r.type) for r in op.results if r not in host_values)
     return total
 

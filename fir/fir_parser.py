@@ -111,6 +111,7 @@ class _Builder:
     def __init__(self, filename: str, line_offset: int):
         self.filename = filename
         self.line_offset = line_offset
+        self.in_fused = False  # inside a flow.fused body, where flow.yield may appear
 
     # -- positions -----------------------------------------------------------------------------------------
     def loc(self, node: Token | Tree | None, col_offset: int = 0) -> SourceLoc | None:
@@ -293,7 +294,7 @@ class _Builder:
         args = [c for c in rest if isinstance(c, Tree) and c.data == "arg"]
         results_node = next((c for c in rest if isinstance(c, Tree) and c.data == "func_results"), None)
         fattrs_node = next((c for c in rest if isinstance(c, Tree) and c.data == "attr_dict"), None)
-        stmts = [c for c in rest if isinstance(c, Tree) and c.data == "stmt"]
+        stmts = [c for c in rest if isinstance(c, Tree) and c.data in ("stmt", "fused_stmt")]
 
         values: dict[str, SSAValue] = {}
         defs: dict[str, Token] = {}
@@ -369,6 +370,8 @@ class _Builder:
 
     # -- statements ------------------------------------------------------------------------------------------
     def stmt(self, tree: Tree, values: dict[str, SSAValue], defs: dict[str, Token]):
+        if tree.data == "fused_stmt":
+            return self.fused(tree, values, defs)
         results_node, name_tok, operands_node, attrs_node, types_node = tree.children
         op_name = str(name_tok)
         result_toks = list(results_node.children) if results_node is not None else []
@@ -401,6 +404,11 @@ class _Builder:
             op.location = self.loc(tree).to_attr()
             return op
 
+        if op_name == flow_dialect.YieldOp.name:
+            return self.yield_op(tree, name_tok, result_toks, operands, operand_toks, attrs, declared)
+        if op_name == flow_dialect.FusedOp.name:
+            raise self.error("flow.fused binds its operands and has a body: `%r = flow.fused(%a = %x) : "
+                             "tensor<...> { ... flow.yield %v : tensor<...> }`", name_tok)
         op_cls = OPS_BY_NAME.get(op_name)
         if op_cls is None:
             close = difflib.get_close_matches(op_name, list(OPS_BY_NAME) + ["func.return"], n=1)
@@ -414,6 +422,91 @@ class _Builder:
             defs[str(rtok)] = rtok
             values[str(rtok)] = res
             self.set_hint(res, str(rtok))
+        return op
+
+    def yield_op(self, tree: Tree, name_tok: Token, result_toks: list[Token], operands: list[SSAValue],
+                 operand_toks: list[Token], attrs: dict, declared: list) -> flow_dialect.YieldOp:
+        """flow.yield %v : type, the last op of a flow.fused body."""
+        if not self.in_fused:
+            raise self.error("flow.yield ends a flow.fused body; a function ends with func.return", name_tok)
+        if result_toks:
+            raise self.error("flow.yield has no results", result_toks[0])
+        for aname, (_, atok, _) in attrs.items():
+            raise self.error(f"flow.yield takes no attributes, got '{aname}'", atok)
+        if len(operands) != 1:
+            raise self.error(f"flow.yield gives exactly one value, got {len(operands)}",
+                             operand_toks[1] if len(operands) > 1 else name_tok)
+        if declared and (len(declared) != 1 or declared[0][0] != operands[0].type):
+            raise self.error(f"type {dtypes.format_type(declared[0][0])} does not match the operand's type "
+                             f"{dtypes.format_type(operands[0].type)}", declared[0][1])
+        op = flow_dialect.YieldOp.create(operands=operands)
+        op.location = self.loc(tree).to_attr()
+        return op
+
+    def fused(self, tree: Tree, values: dict[str, SSAValue], defs: dict[str, Token]) -> flow_dialect.FusedOp:
+        """%r = flow.fused(%a = %x, ...) {attrs} : type { body ending in flow.yield }."""
+        results_node, name_tok, bindings_node, attrs_node, types_node, region_node = tree.children
+        if str(name_tok) != flow_dialect.FusedOp.name:
+            raise self.error(f"only flow.fused binds operands and takes a body, not '{name_tok}'", name_tok)
+        result_toks = list(results_node.children)
+        if len(result_toks) != 1:
+            raise self.error(f"flow.fused has 1 result, but {len(result_toks)} names are bound", result_toks[1])
+        declared = self.type_list(types_node)
+        if len(declared) != 1:
+            raise self.error(f"flow.fused has 1 result, but {len(declared)} result types are given", declared[1][1])
+        operands: list[SSAValue] = []
+        body_values: dict[str, SSAValue] = {}
+        body_defs: dict[str, Token] = {}
+        bind_toks = [b.children for b in bindings_node.children if b is not None]
+        for arg_tok, value_tok in bind_toks:
+            if str(value_tok) not in values:
+                raise self.error(f"use of undefined value {value_tok}", value_tok)
+            if str(arg_tok) in body_defs:
+                raise self.error(f"argument {arg_tok} is already defined", arg_tok)
+            operands.append(values[str(value_tok)])
+            body_defs[str(arg_tok)] = arg_tok
+        block = Block(arg_types=[v.type for v in operands])
+        for (arg_tok, _), arg in zip(bind_toks, block.args):
+            body_values[str(arg_tok)] = arg
+            self.set_hint(arg, str(arg_tok))
+        outer, self.in_fused = self.in_fused, True
+        try:
+            for stmt in region_node.children:
+                if isinstance(block.last_op, flow_dialect.YieldOp):
+                    raise self.error("flow.yield must be the last op of a flow.fused body", stmt)
+                inner = self.stmt(stmt, body_values, body_defs)
+                if isinstance(inner, ReturnOp):
+                    raise self.error("a flow.fused body ends with flow.yield, not func.return", stmt)
+                block.add_op(inner)
+        finally:
+            self.in_fused = outer
+        last = block.last_op
+        if not isinstance(last, flow_dialect.YieldOp):
+            raise self.error("a flow.fused body ends with flow.yield", name_tok)
+        attrs = self.attr_dict(attrs_node)
+        discardable: dict[str, Attribute] = {}
+        for aname, (value, atok, vnode) in sorted(attrs.items(), key=lambda kv: _attr_rank(kv[0])):
+            if aname not in flow_dialect.FusedOp.DISCARDABLE:
+                raise self.error(f"unknown attribute '{aname}' for flow.fused (known: "
+                                 f"{', '.join(OP_ATTR_ORDER)})", atok)
+            try:
+                discardable[aname] = OP_ATTRS[aname].to_attr(value)
+            except AttrError as e:
+                raise self.error(attr_message(f"attribute '{aname}' of flow.fused", e), vnode) from None
+        op = flow_dialect.FusedOp.create(operands=operands, result_types=[declared[0][0]], regions=[Region(block)],
+                                         attributes=discardable)
+        op.location = self.loc(tree).to_attr()
+        try:
+            op.verify()
+        except VerifyException as e:
+            raise self.error(f"flow.fused: {e}", name_tok) from None
+        rtok = result_toks[0]
+        if str(rtok) in defs:
+            raise self.error(f"value {rtok} is already defined at line {defs[str(rtok)].line + self.line_offset}",
+                             rtok)
+        defs[str(rtok)] = rtok
+        values[str(rtok)] = op.results[0]
+        self.set_hint(op.results[0], str(rtok))
         return op
 
     def fir_op(self, op_cls: type[FirOp], tree: Tree, name_tok: Token, operands: list[SSAValue],

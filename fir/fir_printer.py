@@ -14,6 +14,7 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from fir.attr_schema import AttrSpec
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.base import FirOp
+from fir.dialects.flow import FusedOp, YieldOp
 from fir.dialects.sbp import MeshOp
 from fir.dtypes import format_type
 from fir.fir_parser import ARG_ATTRS, FUNC_ATTRS, OP_ATTR_ORDER, OP_ATTRS, RESULT_ATTRS
@@ -47,7 +48,13 @@ class ValueNames:
         return "%" + self.names[v]
 
 
-def _print_op(op: Operation, names: ValueNames, out: StringIO) -> None:
+def _print_op(op: Operation, names: ValueNames, out: StringIO, indent: str = "  ") -> None:
+    if isinstance(op, YieldOp):
+        out.write(f"{indent}flow.yield {names[op.operands[0]]} : {format_type(op.operands[0].type)}\n")
+        return
+    if isinstance(op, FusedOp):
+        _print_fused(op, names, out, indent)
+        return
     if isinstance(op, ReturnOp):
         if op.operands:
             vals = ", ".join(names[v] for v in op.operands)
@@ -65,7 +72,7 @@ def _print_op(op: Operation, names: ValueNames, out: StringIO) -> None:
         if text is not None:
             attrs.append(f"{name} = {text}")
     attrs += _format_attrs(dict(op.attributes), {n: OP_ATTRS[n] for n in OP_ATTR_ORDER}, f"'{op.name}' op", op)
-    line = "  "
+    line = indent
     if op.results:
         line += ", ".join(names.define(r) for r in op.results) + " = "
     line += op.name
@@ -76,6 +83,20 @@ def _print_op(op: Operation, names: ValueNames, out: StringIO) -> None:
     if op.results:
         line += " : " + ", ".join(format_type(r.type) for r in op.results)
     out.write(line + "\n")
+
+
+def _print_fused(op: FusedOp, names: ValueNames, out: StringIO, indent: str) -> None:
+    """%r = flow.fused(%arg = %operand, ...) {attrs} : type { body }."""
+    attrs = _format_attrs(dict(op.attributes), {n: OP_ATTRS[n] for n in OP_ATTR_ORDER}, f"'{op.name}' op", op)
+    result = names.define(op.results[0])
+    binds = ", ".join(f"{names.define(a)} = {names[v]}" for a, v in zip(op.body.block.args, op.operands))
+    line = f"{indent}{result} = flow.fused({binds})"
+    if attrs:
+        line += " {" + ", ".join(attrs) + "}"
+    out.write(f"{line} : {format_type(op.results[0].type)} {{\n")
+    for inner in op.body.block.ops:
+        _print_op(inner, names, out, indent + "  ")
+    out.write(f"{indent}}}\n")
 
 
 def _format_attrs(attrs: dict[str, Attribute], specs: dict[str, AttrSpec], owner: str, op: Operation) -> list[str]:

@@ -7,7 +7,7 @@ import re
 from xdsl.context import Context
 from xdsl.dialects.builtin import Builtin, FileLineColLoc, IntAttr, ModuleOp, StringAttr, UnknownLoc
 from xdsl.dialects.func import Func, FuncOp, ReturnOp
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, Block, Operation, SSAValue
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError, VerifyException
 
@@ -17,7 +17,7 @@ from fir.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.base import FirOp
 from fir.dialects.comm import Comm, CommOp
 from fir.dialects.base import to_tt
-from fir.dialects.flow import Flow
+from fir.dialects.flow import Flow, FlowOp, FusedOp, YieldOp
 from fir.dialects.plan import Plan, PlanOp
 from fir import plan_ir
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
@@ -145,14 +145,24 @@ def _check_structure(module: ModuleOp) -> None:
         _check_func_attrs(op)
         block = op.body.blocks.first
         assert block is not None
-        defined = set(block.args)
-        for inner in block.ops:
-            if not isinstance(inner, (FirOp, ReturnOp)) or inner.regions:
-                raise FirError(f"'{inner.name}' cannot appear in a function body", loc_of(inner.location))
-            for i, v in enumerate(inner.operands):
-                if v not in defined:
-                    raise FirError(f"'{inner.name}' op operand {i} is used before it is defined", loc_of(inner.location))
-            defined.update(inner.results)
+        _check_body(block, (FirOp, ReturnOp), "a function body")
+
+
+def _check_body(block: Block, allowed: tuple[type, ...], where: str) -> None:
+    """Every op of `block` is of an allowed kind and uses only values defined before it in the block (a
+    flow.fused body, checked the same way, sees only its own arguments)."""
+    defined = set(block.args)
+    for inner in block.ops:
+        if not isinstance(inner, allowed) or (inner.regions and not isinstance(inner, FusedOp)):
+            raise FirError(f"'{inner.name}' cannot appear in {where}", loc_of(inner.location))
+        for i, v in enumerate(inner.operands):
+            if v not in defined:
+                raise FirError(f"'{inner.name}' op operand {i} is used before it is defined", loc_of(inner.location))
+        if isinstance(inner, FusedOp):
+            if len(inner.body.blocks) != 1:
+                raise FirError("a flow.fused body must have exactly one block", loc_of(inner.location))
+            _check_body(inner.body.block, (FlowOp, YieldOp), "a flow.fused body")
+        defined.update(inner.results)
 
 
 def _check_value(spec: AttrSpec, attr: Attribute) -> str | None:

@@ -12,6 +12,7 @@ from xdsl.ir import Attribute, Operation
 
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.comm import CommOp
+from fir.dialects.flow import FusedOp
 from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, meshes_of, nd_to_attr
 from fir.sbp import Mesh, NdSbp
 
@@ -114,7 +115,14 @@ def placed_functions(module: ModuleOp) -> tuple[dict[str, Mesh], list[FuncOp]]:
     meshes = meshes_of(module)
     if not meshes:
         return meshes, []
-    return meshes, [f for f in module.ops if isinstance(f, FuncOp) and places(f)]
+    funcs = [f for f in module.ops if isinstance(f, FuncOp) and places(f)]
+    for f in funcs:
+        for op in f.body.ops:
+            if isinstance(op, FusedOp):
+                raise FirError(f"flow.fused has no SBP rule, so it cannot be distributed or micro-batched: the fuse "
+                               f"pass makes it after partition; write its ops unfused in @{f.sym_name.data}",
+                               loc_of(op.location))
+    return meshes, funcs
 
 
 def comm_result_layout(op: CommOp, func: FuncOp) -> tuple[str, NdSbp]:

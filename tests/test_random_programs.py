@@ -1006,7 +1006,10 @@ def _apply_passes(module, names: list[str]) -> None:
     from xdsl.transforms.common_subexpression_elimination import CommonSubexpressionElimination
     from xdsl.transforms.dead_code_elimination import DeadCodeElimination
 
-    classes = {"cse": CommonSubexpressionElimination, "dce": DeadCodeElimination, "canonicalize": CanonicalizePass}
+    from fir.passes.fuse import FusePass
+
+    classes = {"cse": CommonSubexpressionElimination, "dce": DeadCodeElimination, "canonicalize": CanonicalizePass,
+               "fuse": FusePass}
     ctx = make_context()
     for n in names:
         classes[n]().apply(ctx, module)
@@ -1022,7 +1025,8 @@ def assert_same_results(before: list[np.ndarray], after: list[np.ndarray], what:
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(programs(for_passes=True), st.lists(st.sampled_from(["cse", "dce", "canonicalize"]), min_size=1, max_size=4),
+@given(programs(for_passes=True), st.lists(st.sampled_from(["cse", "dce", "canonicalize", "fuse"]), min_size=1,
+                                           max_size=4),
        st.integers(0, 2**32 - 1))
 def test_passes_keep_results(prog: Program, passes: list[str], seed: int):
     module = parse_source(prog.text, "<random>")

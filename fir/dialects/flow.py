@@ -18,12 +18,13 @@ from xdsl.irdl import (
     irdl_op_definition,
     operand_def,
     prop_def,
+    region_def,
     result_def,
     traits_def,
     var_operand_def,
 )
 from xdsl.dialects.builtin import I64, BoolAttr, DenseArrayBase, FloatAttr, IntegerAttr, StringAttr
-from xdsl.traits import HasCanonicalizationPatternsTrait, Pure
+from xdsl.traits import HasCanonicalizationPatternsTrait, HasParent, IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from fir import dtypes
@@ -626,6 +627,75 @@ class CrossEntropyOp(FlowOp):
         return si.cross_entropy_shape(ins[0][0], ins[1][0], attrs["reduction"]), ins[0][1]
 
 
+# ----------------------------------------------------------------------------------------------- fusion
+@irdl_op_definition
+class FusedOp(FlowOp):
+    """A group of elementwise ops that runs as one kernel (made by the fuse pass): the body's block arguments
+    are the operands, in order; its flow.yield gives the result. The body is isolated from above."""
+
+    name = "flow.fused"
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    body = region_def("single_block")
+    traits = traits_def(Pure(), IsolatedFromAbove())
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.fused needs a result type (its flow.yield's)")
+        return declared
+
+    @classmethod
+    def is_variadic(cls) -> bool:
+        return True
+
+    def verify_(self) -> None:
+        super().verify_()
+        block = self.body.block
+        if len(block.args) != len(self.inputs):
+            raise VerifyException(f"the body has {len(block.args)} argument(s) but the op has "
+                                  f"{len(self.inputs)} operand(s)")
+        for i, (a, v) in enumerate(zip(block.args, self.inputs)):
+            if a.type != v.type:
+                raise VerifyException(f"body argument {i} has type {dtypes.format_type(a.type)} but operand {i} "
+                                      f"has {dtypes.format_type(v.type)}")
+        last = block.last_op
+        if not isinstance(last, YieldOp):
+            raise VerifyException("the body must end with flow.yield")
+        if last.operands[0].type != self.results[0].type:
+            raise VerifyException(f"flow.yield gives {dtypes.format_type(last.operands[0].type)} but the result "
+                                  f"is {dtypes.format_type(self.results[0].type)}")
+        for op in block.ops:
+            if op is last:
+                continue
+            if not isinstance(op, FUSIBLE_OPS):
+                raise VerifyException(f"'{op.name}' cannot be fused (a fused body holds elementwise, broadcast_to "
+                                      "and fill ops)")
+            if op.attributes:
+                raise VerifyException(f"'{op.name}' in a fused body carries attribute '{next(iter(op.attributes))}' "
+                                      "(placement, SBP and plan attributes belong on flow.fused)")
+            try:
+                si.broadcast_shapes(to_tt(op.results[0].type)[0], to_tt(self.results[0].type)[0])
+            except ShapeError:
+                raise VerifyException(f"'{op.name}' in a fused body has shape "
+                                      f"{si.fmt_shape(to_tt(op.results[0].type)[0])}, which does not broadcast to "
+                                      f"the result's") from None
+
+    def body_ops(self) -> list[FlowOp]:
+        """The body's ops without the flow.yield."""
+        return [op for op in self.body.block.ops if not isinstance(op, YieldOp)]
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    """The result of a flow.fused body."""
+
+    name = "flow.yield"
+    value = operand_def(TensorType)
+    traits = traits_def(IsTerminator(), HasParent(FusedOp))
+
+
 FLOW_OPS: list[type[FlowOp]] = [
     NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, GeluOp, CastOp,
     AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp,
@@ -637,13 +707,16 @@ FLOW_OPS: list[type[FlowOp]] = [
     CrossEntropyOp,
 ]  # fmt: skip
 
-Flow = Dialect("flow", FLOW_OPS, [])
+# The logical ops above, plus the fuse pass's kernel groups.
+Flow = Dialect("flow", [*FLOW_OPS, FusedOp, YieldOp], [])
 
 OPS_BY_NAME: dict[str, type[FlowOp]] = {op.name: op for op in FLOW_OPS}
 
 ELEMENTWISE_UNARY: tuple[type[FlowOp], ...] = (
     NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, GeluOp, CastOp)  # fmt: skip
 ELEMENTWISE_BINARY: tuple[type[FlowOp], ...] = (AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp)
+# What a flow.fused body may hold: ops whose output element i reads operand elements at i's broadcast position.
+FUSIBLE_OPS: tuple[type[FlowOp], ...] = (*ELEMENTWISE_UNARY, *ELEMENTWISE_BINARY, BroadcastToOp, FillOp)
 
-__all__ = [op.__name__ for op in FLOW_OPS] + ["Flow", "FlowOp", "OPS_BY_NAME", "dense_value"]
+__all__ = [op.__name__ for op in FLOW_OPS] + ["Flow", "FlowOp", "FusedOp", "YieldOp", "OPS_BY_NAME", "dense_value"]
 

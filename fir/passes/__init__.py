@@ -49,6 +49,12 @@ def _microbatch() -> type[ModulePass]:
     return MicrobatchPass
 
 
+def _fuse() -> type[ModulePass]:
+    from fir.passes.fuse import FusePass
+
+    return FusePass
+
+
 def _schedule() -> type[ModulePass]:
     from fir.passes.schedule import SchedulePass
 
@@ -70,11 +76,11 @@ def _cost_report() -> type[ModulePass]:
 # The passes that turn a logical program into device programs, in order (fir-run applies them).
 DISTRIBUTION_PIPELINE = ("sbp-infer", "insert-boxing", "partition")
 # The passes that turn device programs into execution plans, in order.
-PLAN_PIPELINE = ("schedule", "plan-memory")
+PLAN_PIPELINE = ("fuse", "schedule", "plan-memory")
 
 
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     """Pass name -> factory of the pass class, as xDSLOptMain expects."""
     return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce, "sbp-infer": _sbp_infer,
             "insert-boxing": _insert_boxing, "partition": _partition, "microbatch": _microbatch,
-            "schedule": _schedule, "plan-memory": _plan_memory, "cost-report": _cost_report}
+            "fuse": _fuse, "schedule": _schedule, "plan-memory": _plan_memory, "cost-report": _cost_report}

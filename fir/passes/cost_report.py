@@ -88,7 +88,7 @@ def report_function(func: FuncOp, hw: Hardware, meshes: dict | None = None) -> s
     rows: list[tuple[str, ...]] = []
     total_s, total_flops, total_bytes = 0.0, 0, 0
     per_stream: dict[str, float] = {}
-    for op in func.body.walk():
+    for op in func.body.ops:  # a flow.fused body is priced with its op
         if isinstance(op, (ReturnOp, FuncOp)):
             continue
         est = _estimate(op, hw, device)

@@ -11,19 +11,16 @@ from xdsl.dialects.func import FuncOp
 from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, register_impls
 from xdsl.interpreters.func import FuncFunctions
 
-from fir import dtypes
 from fir.diagnostics import FirError, SourceLoc, loc_of
-from fir.dialects.base import to_tt
-from fir.dialects.flow import FLOW_OPS, FlowOp
-from fir.runtime.reference import KernelError, evaluate
+from fir.dialects.flow import FLOW_OPS, FlowOp, FusedOp
+from fir.runtime.reference import KernelError, evaluate_op
 
 
 def _make_impl(op_cls: type[FlowOp]):
     @impl(op_cls)
     def run(self: InterpreterFunctions, interpreter: Interpreter, op: FlowOp, args: tuple[Any, ...]):
-        shape, dt = to_tt(op.results[0].type)
         try:
-            return (evaluate(op.name, list(args), op.attr_values(), shape, dtypes.numpy_dtype(dt)),)
+            return (evaluate_op(op, list(args)),)
         except KernelError as e:
             raise FirError(str(e), loc_of(op.location)) from None
 
@@ -34,7 +31,7 @@ FlowFunctions = register_impls(
     type(
         "FlowFunctions",
         (InterpreterFunctions,),
-        {f"run_{op.name.split('.', 1)[1]}": _make_impl(op) for op in FLOW_OPS}
+        {f"run_{op.name.split('.', 1)[1]}": _make_impl(op) for op in (*FLOW_OPS, FusedOp)}
         | {"__doc__": "Interpreter implementations of every flow op, backed by fir.runtime.reference."},
     )
 )

@@ -44,7 +44,7 @@ from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.plan_ir import entry_plans, event_of, instructions, overwritable_operands, stream_of, verify_plan
-from fir.runtime.reference import KernelError, evaluate
+from fir.runtime.reference import KernelError, evaluate_op
 from fir.runtime.virtual_devices import (check_programs, complete_collective, devices_needed,
                                          gather_results, scatter_inputs)
 from fir.trace import TraceEvent
@@ -354,8 +354,7 @@ class _Engine:
         elif isinstance(op, FlowOp):
             assert first.write is not None
             try:
-                out = evaluate(op.name, [r.readonly for r in first.reads], op.attr_values(), first.write.view.shape,
-                               first.write.view.dtype)
+                out = evaluate_op(op, [r.readonly for r in first.reads])
             except KernelError as e:
                 raise FirError(f"device {first.device}: {e}", loc_of(op.location)) from None
             _write(first, out)

@@ -30,7 +30,7 @@ from fir.dialects.sbp import MeshOp, meshes_of
 from fir.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name, value_mesh,
                            value_sbp)
 from fir.runtime import collectives
-from fir.runtime.reference import KernelError, evaluate
+from fir.runtime.reference import KernelError, evaluate_op
 from fir.sbp import Mesh, NdSbp, Split, format_nd
 
 
@@ -99,9 +99,8 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
             return [dev.memory[v] for v in op.operands]
         ins = [dev.memory[v] for v in op.operands]
         if isinstance(op, FlowOp):
-            shape, dt = to_tt(op.results[0].type)
             try:
-                out = evaluate(op.name, ins, op.attr_values(), shape, dtypes.numpy_dtype(dt))
+                out = evaluate_op(op, ins)
             except KernelError as e:
                 raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
         elif isinstance(op, CollectiveOp):
