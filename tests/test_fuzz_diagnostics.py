@@ -363,7 +363,9 @@ def test_bad_flags_subprocess(program: Path, tmp_path: Path):
     ("fir-run", []),
     ("fir-run", ["{p}", "--seed", "abc"]),
     ("fir-run", ["{p}", "--seed", "1", "--inputs", "x.npz"]),
-    ("fir-run", ["{p}", "--backend", "cuda"]),
+    ("fir-run", ["{p}", "--backend", "opencl"]),
+    ("fir-run", ["{p}", "--backend", "cuda", "--interleave", "random"]),
+    ("fir-run", ["{p}", "--backend", "cuda", "--simulate"]),
 ])
 def test_bad_flags_give_usage(tool: str, argv: list[str], program: Path, capsys):
     main = fir_opt.main if tool == "fir-opt" else fir_run.main
@@ -374,6 +376,17 @@ def test_bad_flags_give_usage(tool: str, argv: list[str], program: Path, capsys)
     # In process, fir-opt's program name is the test runner's argv[0]; fir-run names itself.
     prog = tool if tool == "fir-run" else r"\S+"
     assert re.match(rf"usage: {prog} ", err) and re.search(rf"^{prog}: error: ", err, re.M), err
+
+
+def test_cuda_backend_without_pycuda_is_a_clear_error(program: Path, capsys):
+    try:
+        import pycuda  # noqa: F401
+        pytest.skip("pycuda is installed here")
+    except ImportError:
+        pass
+    assert fir_run.main([str(program), "--backend", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "--backend cuda needs pycuda" in err and "Traceback" not in err, err
 
 
 def test_missing_input_file_subprocess(tmp_path: Path):

@@ -49,6 +49,18 @@ class GenericMLIRTarget(Target):
         output.write("\n")
 
 
+@dataclass(frozen=True)
+class CudaTarget(Target):
+    """Print each plan's CUDA translation unit and its launch plan."""
+
+    name = "cuda"
+
+    def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
+        from fir.codegen.cuda_program import cuda_text
+
+        output.write(cuda_text(module))
+
+
 class FirOptMain(xDSLOptMain):
     """xDSLOptMain with fir's dialects, the .fir frontend, fir's passes and the fir/mlir targets."""
 
@@ -70,7 +82,8 @@ class FirOptMain(xDSLOptMain):
             self.register_pass(name, factory)
 
     def register_all_targets(self) -> None:
-        self.available_targets = {"fir": lambda: FirTarget, "mlir": lambda: GenericMLIRTarget}
+        self.available_targets = {"fir": lambda: FirTarget, "mlir": lambda: GenericMLIRTarget,
+                                  "cuda": lambda: CudaTarget}
 
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
         super().register_all_arguments(arg_parser)

@@ -1,4 +1,4 @@
-"""fir-run: execute a fir program on the numpy reference backend and report its outputs."""
+"""fir-run: compile a fir program to execution plans, run them (numpy or CUDA backend) and report its outputs."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from fir_tools.common import guarded_main, read_text, report
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fir-run",
-        description="Run a fir program (.fir or MLIR generic) on the CPU with the numpy reference backend.",
+        description="Run a fir program (.fir or MLIR generic): compile it to execution plans and run them on the "
+                    "numpy backend (CPU) or the CUDA backend (GPU).",
     )
     p.add_argument("input_file", help="program to run ('-' for stdin)")
     p.add_argument("--entry", metavar="NAME", help="function to run (default: the only one, or @main)")
@@ -42,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--inputs", metavar="FILE.npz", help="one array per argument, keyed by argument name")
     src.add_argument("--seed", type=int, metavar="N", help="random inputs from this seed (the default is 0)")
     p.add_argument("--output", metavar="FILE.npz", help="write the results here, keyed by result name")
-    p.add_argument("--backend", choices=["numpy"], default="numpy", help="execution backend (default: numpy)")
+    p.add_argument("--backend", choices=["numpy", "cuda"], default="numpy",
+                   help="execution backend: numpy arenas on the CPU, or the generated CUDA kernels on GPU 0 through "
+                        "pycuda (every virtual device on the one GPU; default: numpy)")
     p.add_argument("--devices", type=_positive, metavar="N",
                    help="virtual devices to run on (default: as many as the program's meshes use)")
     p.add_argument("--check", action="store_true",
@@ -81,6 +84,10 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                              "and runs nothing")
     elif args.hardware is not None:
         parser.error("--hardware only says what --simulate models; add --simulate")
+    if args.backend == "cuda":
+        for flag, on in (("--interleave", args.interleave), ("--trace", args.trace), ("--simulate", args.simulate)):
+            if on:
+                parser.error(f"{flag} is not available with --backend cuda (the GPU runs the streams itself)")
     if args.interleave_seed is not None and args.interleave not in ("random", "adversarial"):
         parser.error("--interleave-seed needs --interleave random or adversarial")
 
@@ -165,6 +172,10 @@ def _execute(module: ModuleOp, func: FuncOp, args: argparse.Namespace):
         planned = _plan(module, func, args)
         n = args.devices or devices_needed(planned)
         check_devices(planned, n)
+        if args.backend == "cuda":
+            from fir.runtime.cuda_backend import execute_plan_cuda
+
+            return inputs, origin, execute_plan_cuda(planned, func.sym_name.data, inputs, n), n
         run = execute_plan(planned, func.sym_name.data, inputs, n, interleaving=args.interleave or "in-order",
                            seed=args.interleave_seed or 0, trace=bool(args.trace))
         return inputs, origin, run, n

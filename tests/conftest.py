@@ -1,0 +1,36 @@
+"""pytest configuration: tests marked `gpu` run only where pycuda can open a CUDA device."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.cache
+def gpu_unavailable() -> str | None:
+    """Why GPU tests cannot run here, or None when they can."""
+    try:
+        import pycuda.driver as drv
+    except ImportError:
+        return "pycuda is not installed (pip install '.[cuda]' on a GPU host)"
+    try:
+        drv.init()
+        if drv.Device.count() == 0:
+            return "no CUDA device"
+    except Exception as e:  # no driver (libcuda) or no device
+        return f"no usable CUDA device: {e}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every `gpu` test, with the reason, when there is no GPU."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    reason = gpu_unavailable()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
