@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fir.codegen.cuda_program import module_code  # noqa: E402
-from fir.codegen.nvcc import compile_cuda  # noqa: E402
+from fir.codegen.nvcc import ARCH, compile_cuda, find_nvcc  # noqa: E402
 from fir.compile import compile_plan  # noqa: E402
 from fir.frontend import parse_source  # noqa: E402
 from fir.runtime.inputs import random_inputs  # noqa: E402
@@ -261,6 +262,10 @@ def main() -> int:
     record: dict[str, Any] = {"benchmark": "cuda_kernels", "date": datetime.datetime.now().astimezone().isoformat(),
                               "host": {"platform": platform.platform(), "python": platform.python_version()}}
     if args.compile_only:
+        nvcc = find_nvcc()
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout if nvcc else ""
+        record["host"].update({"gpu": None, "nvcc": version.strip().splitlines()[-1] if version else None,
+                               "arch": ARCH, "cpus": os.cpu_count()})
         record["compile_only"] = compile_only()
     else:
         record["results"] = run_gpu(args.repeat, args.warmup)

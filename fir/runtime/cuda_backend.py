@@ -25,7 +25,7 @@ from fir.codegen.source import translation_unit
 from fir.diagnostics import FirError
 from fir.dtypes import numpy_dtype
 from fir.runtime.gpu_actions import (BoxCopy, DeviceToHost, GroupReduce, HostToDevice, LaunchOp, Lowered, Record,
-                                     Wait, program_actions)
+                                     Wait, program_actions, returned_values)
 from fir.runtime.virtual_devices import check_programs, devices_needed, gather_results, scatter_inputs
 from fir.plan_ir import entry_plans
 
@@ -116,6 +116,7 @@ class CudaExecutable:
             device_args = scatter_inputs(module, self.programs, inputs)
         else:
             device_args = {0: list(inputs)}
+        self.device_args = device_args
         self.lowered, _ = program_actions(module, self.entry)
         major, minor = drv.Context.get_device().compute_capability()
         self.compiled = _Compiled(self.lowered, drv, source_module, f"sm_{major}{minor}")
@@ -133,11 +134,12 @@ class CudaExecutable:
                 x = device_args[a.stream[0]][a.arg]
                 if a.box is not None:
                     x = x[tuple(slice(s, e) for s, e in a.box)]
-                buf = drv.pagelocked_empty(x.shape, x.dtype)
-                buf[...] = x
+                # Staged as bytes: page-locked arrays of ml_dtypes' bfloat16 are not needed that way.
+                buf = drv.pagelocked_empty(max(1, x.nbytes), np.uint8)
+                buf[:x.nbytes] = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
                 self.staged[i] = buf
             elif isinstance(a, DeviceToHost):
-                self.staged[i] = drv.pagelocked_empty(a.src.shape, numpy_dtype(a.src.dtype))
+                self.staged[i] = drv.pagelocked_empty(max(1, a.src.nbytes()), np.uint8)
 
     def _ptr(self, b) -> int:
         return int(self.spaces[b.space]) + b.offset
@@ -192,8 +194,9 @@ class CudaExecutable:
     def outputs(self) -> list[np.ndarray]:
         """The logical results of the last step."""
         acts = self.lowered.actions
-        host = {a.value: np.array(self.staged[i]) for i, a in enumerate(acts) if isinstance(a, DeviceToHost)}
-        outs = {d: [host[v] for v in vs] for d, vs in self.lowered.returned.items()}
+        host = {a.value: self.staged[i][:a.src.nbytes()].view(numpy_dtype(a.src.dtype)).reshape(a.src.shape).copy()
+                for i, a in enumerate(acts) if isinstance(a, DeviceToHost)}
+        outs = returned_values(self.lowered, host, self.device_args)
         return gather_results(self.module, self.entry, self.programs, outs) if self.partitioned else outs[0]
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from fir import dtypes
 from fir.codegen.cuda_program import DeviceCode, Launch, device_code, offset_of
@@ -401,7 +401,14 @@ def run_actions(lowered: Lowered, inputs: dict[int, list[np.ndarray]], order: st
         elif isinstance(a, GroupReduce):
             total = collectives.all_reduce([np.array(mem.view(b)) for b in a.ins], a.op)[0]
             np.copyto(mem.view(a.out), total)
-    return {d: [host[v] for v in vs] for d, vs in lowered.returned.items()}
+    return returned_values(lowered, host, inputs)
+
+
+def returned_values(lowered: Lowered, host: dict[SSAValue, np.ndarray], inputs: dict[int, list[np.ndarray]]
+                    ) -> dict[int, list[np.ndarray]]:
+    """Each device's results: the host copies plan.store made, or an argument returned as it is."""
+    return {d: [np.array(inputs[d][v.index]) if isinstance(v, BlockArgument) else host[v] for v in vs]
+            for d, vs in lowered.returned.items()}
 
 
 def program_actions(module: ModuleOp, entry: str) -> tuple[Lowered, bool]:
