@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fir.codegen.kernel_ir import Kernel
+from fir.dtypes import TOLERANCE
 from fir.codegen.nvcc import ARCH, KernelReport, compile_cuda, find_nvcc
 from fir.codegen.source import translation_unit
 
@@ -49,3 +50,14 @@ def run_kernel(kernel: Kernel, out_shape: tuple[int, ...], out_dtype: np.dtype, 
     if out.nbytes:
         drv.memcpy_dtoh(out, bufs[0])
     return out
+
+
+def assert_matches(got: np.ndarray, want: np.ndarray, dt: str) -> None:
+    """A kernel's output against the reference: integers exactly, floats within the dtype's tolerance (NaN where
+    the reference has NaN)."""
+    rtol, atol = TOLERANCE[dt]
+    if dt in ("i32", "i64", "i1"):
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol,
+                                   equal_nan=True)

@@ -15,7 +15,7 @@ from fir.codegen.matmul import matmul_kernel, problem_of
 from fir.dialects.base import to_tt
 from fir.dialects.flow import MatmulOp
 from fir.runtime.reference import evaluate
-from cuda_util import check_compiles, needs_nvcc, run_kernel
+from cuda_util import assert_matches, check_compiles, needs_nvcc, run_kernel
 
 
 def mm(a: tuple[int, ...], b: tuple[int, ...], dt: str, ta: bool = False, tb: bool = False) -> MatmulOp:
@@ -159,14 +159,6 @@ def test_all_cases_compile_without_spills():
 
 
 # ----------------------------------------------------------------------------------------------- GPU
-def _compare(got: np.ndarray, want: np.ndarray, dt: str) -> None:
-    rtol, atol = dtypes.TOLERANCE[dt]
-    if dt in ("i32", "i64"):
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.label for c in CASES])
 def test_matches_reference(index: int):
@@ -176,4 +168,4 @@ def test_matches_reference(index: int):
     npdt = dtypes.numpy_dtype(dt)
     got = run_kernel(k, shape, npdt, ins)
     want = evaluate(op.name, ins, op.attr_values(), shape, npdt)
-    _compare(got, want, dt)
+    assert_matches(got, want, dt)

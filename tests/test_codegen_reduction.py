@@ -31,7 +31,7 @@ from fir.dialects.flow import (
     SoftmaxOp,
 )
 from fir.runtime.reference import evaluate
-from cuda_util import check_compiles, needs_nvcc, run_kernel
+from cuda_util import assert_matches, check_compiles, needs_nvcc, run_kernel
 
 
 def _args(*types: tuple[tuple[int, ...], str]):
@@ -206,15 +206,6 @@ def test_all_cases_compile_without_spills():
 
 
 # ----------------------------------------------------------------------------------------------- GPU
-def _compare(got: np.ndarray, want: np.ndarray, dt: str) -> None:
-    rtol, atol = dtypes.TOLERANCE[dt]
-    if dt in ("i32", "i64"):
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol,
-                                   equal_nan=True)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.label for c in CASES])
 def test_matches_reference(index: int):
@@ -224,7 +215,7 @@ def test_matches_reference(index: int):
     npdt = dtypes.numpy_dtype(dt)
     got = run_kernel(k, shape, npdt, ins)
     want = evaluate(op.name, ins, op.attr_values(), shape, npdt)
-    _compare(got, want, dt)
+    assert_matches(got, want, dt)
 
 
 @pytest.mark.gpu
@@ -235,7 +226,7 @@ def test_softmax_non_finite_rows():
     x[1, 7] = np.inf
     x[2, 9] = np.nan
     got = run_kernel(softmax_kernel("sm_nonfinite", op), (4, 300), np.float32, [x])
-    _compare(got, evaluate(op.name, [x], op.attr_values(), (4, 300), np.float32), "f32")
+    assert_matches(got, evaluate(op.name, [x], op.attr_values(), (4, 300), np.float32), "f32")
 
 
 @pytest.mark.gpu
