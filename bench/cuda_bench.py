@@ -165,8 +165,14 @@ def torch_eager(func, args: list) -> list:
             t, idx = ins
             ax = a["axis"] % t.dim()
             y = torch.index_select(t, ax, idx.reshape(-1).long()).reshape(shape)
-        else:
-            raise NotImplementedError(f"torch_eager: {op.name}")
+        elif n == "constant":
+            y = torch.as_tensor(np.asarray(a["value"]), device="cuda").to(dt[odt]).expand(shape).contiguous()
+        elif n == "cross_entropy":
+            logits, labels = ins
+            y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
+                                reduction=a["reduction"]).reshape(shape).to(dt[odt])
+        else:  # flow.fused and the comm/plan ops never appear in a logical program
+            raise ValueError(f"torch_eager runs logical programs; '{op.name}' is not a logical flow op")
         env[op.results[0]] = y
     raise AssertionError("no func.return")
 

@@ -27,6 +27,7 @@ from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import meshes_of
 from fir.hardware import Hardware
 from fir.layout import local_shape
+from fir.plan_ir import is_host_value, is_plan
 
 COLLECTIVE_KINDS: tuple[str, ...] = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "slice")
 
@@ -301,30 +302,19 @@ def instruction_time(op: Operation, hw: Hardware, device: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- memory
-def _host_resident(func: FuncOp) -> tuple[set, set]:
-    """(arguments, values) that live on the host in a plan: arguments read only by plan.load, plan.store results."""
-    block = func.body.blocks.first
-    args = set()
-    if block is not None:
-        for a in block.args:
-            if a.uses and all(isinstance(u.operation, plan.LoadOp) for u in a.uses):
-                args.add(a)
-    stored = {op.results[0] for op in func.body.ops if isinstance(op, plan.StoreOp)}
-    return args, stored
-
-
 def memory_per_device(func: FuncOp) -> int:
-    """Device bytes a function needs: its `arena_size` when planned, else the sum of every tensor it defines."""
+    """Device bytes a function needs: its `arena_size` when planned, else the sum of the device tensors it holds."""
     arena = func.attributes.get(plan.ARENA_SIZE)
     if isinstance(arena, IntegerAttr):
         return int(arena.value.data)
-    host_args, host_values = _host_resident(func)
+    # In a plan the arguments and plan.store's copies are host tensors; a device program holds its arguments.
+    on_host = is_host_value if is_plan(func) else (lambda v: False)
     total = 0
     block = func.body.blocks.first
     if block is not None:
-        total += sum(_tensor_bytes(a.type) for a in block.args if a not in host_args)
+        total += sum(_tensor_bytes(a.type) for a in block.args if not on_host(a))
     for op in func.body.ops:  # a flow.fused body's values live in registers
-        total += sum(_tensor_bytes(r.type) for r in op.results if r not in host_values)
+        total += sum(_tensor_bytes(r.type) for r in op.results if not on_host(r))
     return total
 
 

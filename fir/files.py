@@ -1,6 +1,7 @@
 """Files in and out. Text is read as UTF-8, with a located error at a bad byte. Output files are written all or
 nothing: each goes to a temporary name in its directory, and all are renamed into place together once every one
-is complete, so an error leaves no half-written file and no partial set."""
+is complete, so an error while writing leaves no half-written file and none of the set (a rename that fails
+midway, which only the file system can cause, leaves the files renamed before it)."""
 
 from __future__ import annotations
 
@@ -54,10 +55,12 @@ class PendingFiles:
             with os.fdopen(fd, "wb") as f:
                 write(f)
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a new file's mode
-        except OSError as e:
+        except BaseException as e:  # whatever stopped the writer, no temporary file is left behind
             os.unlink(tmp)
             self.discard()
-            raise FirError(f"cannot write {what} '{path}': {e.strerror}") from None
+            if isinstance(e, OSError):
+                raise FirError(f"cannot write {what} '{path}': {e.strerror}") from None
+            raise
         self._pending.append((tmp, path, what))
 
     def commit(self) -> None:

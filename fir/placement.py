@@ -12,7 +12,6 @@ from xdsl.ir import Attribute, Operation
 
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.comm import CommOp
-from fir.dialects.flow import FusedOp
 from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, meshes_of, nd_to_attr
 from fir.sbp import Mesh, NdSbp
 
@@ -97,6 +96,12 @@ def int_attr(v: int) -> IntegerAttr:
     return IntegerAttr(v, i64)
 
 
+def int_value(op: Operation, name: str) -> int | None:
+    """The integer discardable attribute `name` of an op or function (`device`, `offset`, ...), or None."""
+    attr = op.attributes.get(name)
+    return int(attr.value.data) if isinstance(attr, IntegerAttr) else None
+
+
 def places(func: FuncOp) -> bool:
     """True when the function, one of its arguments or results, or one of its ops names a mesh (a comm op always
     does): the distribution passes transform it. Other functions stay single-device programs, and device programs
@@ -115,14 +120,7 @@ def placed_functions(module: ModuleOp) -> tuple[dict[str, Mesh], list[FuncOp]]:
     meshes = meshes_of(module)
     if not meshes:
         return meshes, []
-    funcs = [f for f in module.ops if isinstance(f, FuncOp) and places(f)]
-    for f in funcs:
-        for op in f.body.ops:
-            if isinstance(op, FusedOp):
-                raise FirError(f"flow.fused has no SBP rule, so it cannot be distributed or micro-batched: the fuse "
-                               f"pass makes it after partition; write its ops unfused in @{f.sym_name.data}",
-                               loc_of(op.location))
-    return meshes, funcs
+    return meshes, [f for f in module.ops if isinstance(f, FuncOp) and places(f)]
 
 
 def comm_result_layout(op: CommOp, func: FuncOp) -> tuple[str, NdSbp]:

@@ -12,7 +12,7 @@ from fir.dialects.comm import AllReduceOp, CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, CastOp, FlowOp, ReshapeOp
 from fir.dialects.plan import OFFSET, SCHEDULE, STREAM, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dtypes import nbytes
-from fir.placement import DEVICE, OF, symbol_name
+from fir.placement import DEVICE, OF, int_value, symbol_name
 
 
 def is_plan(func: FuncOp) -> bool:
@@ -38,10 +38,9 @@ def entry_plans(module: ModuleOp, entry: str) -> tuple[dict[int, FuncOp], bool]:
         if not is_plan(f):
             raise FirError(f"@{f.sym_name.data} is not a plan yet (run the schedule and plan-memory passes)",
                            loc_of(f.location))
-        device = f.attributes.get(DEVICE)
-        if not isinstance(device, IntegerAttr):
+        d = int_value(f, DEVICE)
+        if d is None:
             raise FirError(f"@{f.sym_name.data} is a program of @{entry} but names no device", loc_of(f.location))
-        d = int(device.value.data)
         if d in by_device:
             raise FirError(f"@{by_device[d].sym_name.data} and @{f.sym_name.data} are both device {d}'s program of "
                            f"@{entry}", loc_of(f.location))
@@ -65,12 +64,6 @@ def stream_of(op: Operation) -> str:
 def event_of(op: RecordOp | WaitOp) -> int:
     """The event a plan.record or plan.wait names."""
     return op.event.value.data
-
-
-def set_stream(op: Operation, stream: str) -> None:
-    """Put an instruction on a stream."""
-    assert stream in STREAMS, stream
-    op.attributes[STREAM] = StringAttr(stream)
 
 
 class HappensBefore:
@@ -134,20 +127,6 @@ def wait_before(op: Operation, event: int, stream: str | None = None) -> WaitOp:
     return wait
 
 
-def add_dependency(func: FuncOp, before: Operation, after: Operation, order: HappensBefore | None = None) -> bool:
-    """Make `after` wait until `before` is complete (before must be issued first); returns True when it had to
-    insert an event. `order`: a HappensBefore of the function, possibly made before earlier edits."""
-    if stream_of(before) == stream_of(after):
-        return False  # a stream runs in issue order
-    order = order or HappensBefore(func)
-    if order.before(before, after):
-        return False
-    event = next_event(func)
-    record_after(before, event)
-    wait_before(after, event)
-    return True
-
-
 def stream_for(op: Operation) -> str:
     """The stream an instruction of this kind runs on: kernels on compute, collectives on comm, sends and
     receives on send and recv, host copies on h2d and d2h."""
@@ -166,7 +145,7 @@ def stream_for(op: Operation) -> str:
     raise FirError(f"'{op.name}' cannot be scheduled (a plan runs flow, comm and plan ops)", loc_of(op.location))
 
 
-def _host(v: SSAValue) -> bool:
+def is_host_value(v: SSAValue) -> bool:
     """A tensor on the host: a function argument, or the copy plan.store made."""
     return isinstance(v, BlockArgument) or isinstance(v.owner, StoreOp)
 
@@ -185,10 +164,10 @@ def verify_plan(func: FuncOp) -> None:
         if not isinstance(op, (RecordOp, WaitOp)) and stream != stream_for(op):
             raise FirError(f"'{op.name}' runs on the {stream_for(op)} stream, not \"{stream}\"", loc_of(op.location))
         for v in op.operands:
-            if isinstance(op, LoadOp) and not _host(v):
+            if isinstance(op, LoadOp) and not is_host_value(v):
                 raise FirError(f"plan.load copies a host tensor (an argument or a plan.store result) to the device, "
                                f"but {_name(v)} is already on the device", loc_of(op.location))
-            if not isinstance(op, LoadOp) and _host(v):
+            if not isinstance(op, LoadOp) and is_host_value(v):
                 raise FirError(f"'{op.name}' reads the host tensor {_name(v)}: copy it to the device with plan.load",
                                loc_of(op.location))
         if OFFSET in op.attributes and (not op.results or isinstance(op, StoreOp)):
@@ -207,7 +186,7 @@ def verify_plan(func: FuncOp) -> None:
                                "runs in order)", loc_of(op.location))
     ret = func.body.blocks.first.last_op  # type: ignore[union-attr]
     for v in ret.operands if isinstance(ret, ReturnOp) else ():
-        if not _host(v):
+        if not is_host_value(v):
             raise FirError(f"a plan returns host tensors, but {_name(v)} is on the device: copy it out with "
                            "plan.store", loc_of(ret.location))
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fir import layout
+from fir.diagnostics import FirError, loc_of
 from fir.sbp import B, P, PMAX, NdSbp, Partial, S, Sbp, Split, format_nd
 
 Shape = tuple[int, ...]
@@ -342,6 +343,15 @@ del _name, _partials, _partial
 
 
 # ----------------------------------------------------------------------------------------------- queries
+def require_rule(op: Any) -> None:
+    """FirError at `op` unless its kind has SBP signatures (a flow.fused does not: fuse makes it after partition)."""
+    if op.name not in RULES:
+        hint = ("; the fuse pass makes it after partition, on device programs: write its ops unfused"
+                if op.name == "flow.fused" else "")
+        raise FirError(f"'{op.name}' has no SBP rule, so it cannot be distributed or micro-batched{hint}",
+                       loc_of(op.location))
+
+
 def signatures_1d(op_name: str, in_shapes: Sequence[Sequence[int]], out_shape: Sequence[int],
                   attrs: dict[str, Any]) -> list[Signature]:
     """The op's signatures on one mesh axis, all-B first, without duplicates."""

@@ -25,7 +25,7 @@ from xdsl.ir import Operation, SSAValue
 from fir import cost_model
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
-from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
+from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dtypes import nbytes
 from fir.hardware import Hardware, load_hardware
 from fir.plan_ir import entry_plans, event_of, instructions, stream_of, verify_plan
@@ -132,7 +132,7 @@ def _build(plans: dict[int, FuncOp], serial: bool, durations: Durations) -> dict
             ins = _Instr(op, dev, stream, t)
             if isinstance(op, CollectiveOp):
                 vals = op.attr_values()
-                group = op.group_for(dev, "a plan's")
+                group = op.group_for(dev)
                 missing = [d for d in group if d not in plans]
                 if missing:
                     raise FirError(f"device {dev}: '{op.name}' runs with devices {missing}, which have no plan",
@@ -415,7 +415,7 @@ def format_report(result: SimResult) -> str:
     mode = "all streams of a device serialised" if result.serial else "streams overlap"
     on = f" on {result.hardware}" if result.hardware else ""
     lines = [f"simulated @{result.entry}{on} ({mode}): step time {format_time(result.step_time)}"]
-    streams = [s for s in ("compute", "comm", "send", "recv", "h2d", "d2h")
+    streams = [s for s in STREAMS
                if any(s in d.busy for d in result.devices.values())]
     streams += sorted({s for d in result.devices.values() for s in d.busy} - set(streams))
     head = ["device", *(f"{s} busy" for s in streams), "compute idle", "micro in flight", "arena", "peak live"]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from fir.codegen.kernel_ir import Kernel
-from fir.dtypes import TOLERANCE
+from fir.dialects.base import to_tt
+from fir.dtypes import TOLERANCE, numpy_dtype
+from fir.runtime.interpreter import evaluate_op
 from fir.codegen.nvcc import ARCH, KernelReport, compile_cuda, find_nvcc
 from fir.codegen.source import translation_unit
 
@@ -61,3 +63,11 @@ def assert_matches(got: np.ndarray, want: np.ndarray, dt: str) -> None:
     else:
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol,
                                    equal_nan=True)
+
+
+def check_against_reference(op, kernel: Kernel, inputs: list[np.ndarray], run=None) -> None:
+    """Run `kernel` (by `run`: run_kernel by default; the CPU emulator tests substitute their own) on the inputs
+    and compare with fir.runtime.interpreter.evaluate_op of its op."""
+    shape, dt = to_tt(op.results[0].type)
+    got = (run or run_kernel)(kernel, shape, numpy_dtype(dt), inputs)
+    assert_matches(got, evaluate_op(op, inputs), dt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_util import check_compiles, needs_nvcc, run_kernel
+from cuda_util import check_against_reference, check_compiles, needs_nvcc, run_kernel
 
 from fir import dtypes
 from fir.codegen.kernels import kernel_for
@@ -15,7 +15,6 @@ from fir.frontend import make_context, parse_source
 from fir.passes.fuse import FusePass
 from fir.runtime.collectives import all_reduce
 from fir.runtime.inputs import random_inputs
-from fir.runtime.reference import evaluate_op
 
 # Small programs whose every op (after fuse) becomes one kernel.
 PROGRAMS = {
@@ -113,11 +112,7 @@ def test_kernel_on_the_gpu(label: str):
     # An operand made by an earlier op of the program gets random data of its type.
     args = [args_of[v] if v in args_of else
             rng.standard_normal(to_tt(v.type)[0]).astype(dtypes.numpy_dtype(to_tt(v.type)[1])) for v in op.operands]
-    shape, dt = to_tt(op.results[0].type)
-    got = run_kernel(kernel, shape, dtypes.numpy_dtype(dt), args)
-    want = evaluate_op(op, args)
-    rtol, atol = dtypes.TOLERANCE[dt]
-    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=rtol, atol=atol)
+    check_against_reference(op, kernel, args, run_kernel)
 
 
 @pytest.mark.gpu

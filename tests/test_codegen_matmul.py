@@ -14,8 +14,7 @@ from fir.codegen.kernel_ir import Kernel, render_kernel
 from fir.codegen.matmul import matmul_kernel, problem_of
 from fir.dialects.base import to_tt
 from fir.dialects.flow import MatmulOp
-from fir.runtime.reference import evaluate
-from cuda_util import assert_matches, check_compiles, needs_nvcc, run_kernel
+from cuda_util import check_against_reference, check_compiles, needs_nvcc, run_kernel
 
 
 def mm(a: tuple[int, ...], b: tuple[int, ...], dt: str, ta: bool = False, tb: bool = False) -> MatmulOp:
@@ -163,9 +162,4 @@ def test_all_cases_compile_without_spills():
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.label for c in CASES])
 def test_matches_reference(index: int):
     op, k = emit(CASES[index], index)
-    ins = inputs_for(op, index)
-    shape, dt = to_tt(op.results[0].type)
-    npdt = dtypes.numpy_dtype(dt)
-    got = run_kernel(k, shape, npdt, ins)
-    want = evaluate(op.name, ins, op.attr_values(), shape, npdt)
-    assert_matches(got, want, dt)
+    check_against_reference(op, k, inputs_for(op, index), run_kernel)

@@ -13,8 +13,8 @@ from xdsl.ir import Block, Operation
 
 from fir import dtypes
 from fir.codegen.kernel_ir import Kernel, render_kernel
+from fir.codegen.kernels import EMITTERS
 from fir.codegen.reduction import (
-    EMITTERS,
     SMEM_LIMIT,
     cross_entropy_kernel,
     layernorm_kernel,
@@ -31,7 +31,7 @@ from fir.dialects.flow import (
     SoftmaxOp,
 )
 from fir.runtime.reference import evaluate
-from cuda_util import assert_matches, check_compiles, needs_nvcc, run_kernel
+from cuda_util import assert_matches, check_against_reference, check_compiles, needs_nvcc, run_kernel
 
 
 def _args(*types: tuple[tuple[int, ...], str]):
@@ -210,12 +210,7 @@ def test_all_cases_compile_without_spills():
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.label for c in CASES])
 def test_matches_reference(index: int):
     op, k = emit(CASES[index], index)
-    ins = inputs_for(op, index)
-    shape, dt = to_tt(op.results[0].type)
-    npdt = dtypes.numpy_dtype(dt)
-    got = run_kernel(k, shape, npdt, ins)
-    want = evaluate(op.name, ins, op.attr_values(), shape, npdt)
-    assert_matches(got, want, dt)
+    check_against_reference(op, k, inputs_for(op, index), run_kernel)
 
 
 @pytest.mark.gpu

@@ -14,11 +14,10 @@ import pytest
 from fir.compile import compile_plan
 from fir.diagnostics import FirError
 from fir.frontend import parse_source
-from fir.plan_ir import entry_plans
-from fir.runtime.gpu_actions import BoxCopy, GroupReduce, ORDERS, Wait, program_actions, run_actions
+from fir.runtime.gpu_actions import ORDERS, BoxCopy, GroupReduce, Wait, lower, run_actions
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
-from fir.runtime.virtual_devices import gather_results, scatter_inputs
+from fir.runtime.plan_executor import device_inputs, logical_outputs
 
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "*.fir")))
 
@@ -29,15 +28,12 @@ def setup(path: str, microbatches: int = 1):
     func = find_function(module, None)
     inputs = random_inputs(func, 0)
     planned = compile_plan(module, microbatches=microbatches)
-    lowered, partitioned = program_actions(planned, func.sym_name.data)
-    plans, _ = entry_plans(planned, func.sym_name.data)
-    device_inputs = scatter_inputs(planned, list(plans.values()), inputs) if partitioned else {0: inputs}
+    entry = func.sym_name.data
+    plans, partitioned, args = device_inputs(planned, entry, inputs)
+    lowered = lower(plans)
 
     def results(actions_lowered, order: str, seed: int = 0):
-        outs = run_actions(actions_lowered, device_inputs, order, seed)
-        if partitioned:
-            return gather_results(planned, func.sym_name.data, list(plans.values()), outs)
-        return outs[0]
+        return logical_outputs(planned, entry, plans, partitioned, run_actions(actions_lowered, args, order, seed))
 
     return run_function(module, func, inputs), lowered, results
 

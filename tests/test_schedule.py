@@ -129,3 +129,22 @@ def test_placed_logical_functions_must_be_partitioned_first():
     module = parse_source(path.read_text(), str(path))
     with pytest.raises(FirError, match="before schedule"):
         SchedulePass().apply(make_context(), module)
+
+
+def test_a_returned_argument_is_returned_as_it_is():
+    """A plan returns host tensors: an argument that is only returned is neither loaded nor stored, and one that
+    is also read is loaded for its reader only."""
+    module = parse_source("""func.func @f(%x: tensor<4xf32>, %w: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) {
+  %y = flow.exp %x
+  func.return %y, %w, %x
+}""", "<t>")
+    SchedulePass().apply(make_context(), module)
+    verify_module(module)
+    func = next(iter(module.ops))
+    loads = [op for op in func.body.ops if isinstance(op, LoadOp)]
+    stores = [op for op in func.body.ops if isinstance(op, StoreOp)]
+    assert [op.operands[0] for op in loads] == [func.args[0]]
+    assert len(stores) == 1
+    ret = func.body.block.last_op
+    assert ret.operands[0] is stores[0].results[0]
+    assert list(ret.operands[1:]) == [func.args[1], func.args[0]]

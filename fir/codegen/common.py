@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from fir.codegen.kernel_ir import (
     COMPUTE,
     INDEX,
@@ -20,8 +22,10 @@ from fir.codegen.kernel_ir import (
     Var,
     binop,
     call,
+    float_lit,
     lit,
 )
+from fir.dtypes import numpy_dtype
 
 THREADS = 256
 # Grid-stride loops use at most this many blocks (enough to fill an H100's 132 SMs many times over).
@@ -105,6 +109,12 @@ def round_to(dtype: str, value: Expr) -> Expr:
     if dtype == "bf16":
         return call("fir_round_bf16", value)
     return value
+
+
+def float_constant(value: float, dtype: str) -> Expr:
+    """A float literal of `value` rounded once to `dtype`, as the reference rounds a constant (float64 straight to
+    f16/bf16; the result is exact in float32)."""
+    return float_lit(float(np.asarray(value, np.float64).astype(numpy_dtype(dtype)).astype(np.float32)))
 
 
 def tensor_param(name: str, dtype: str, const: bool = True) -> Param:

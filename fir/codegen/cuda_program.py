@@ -9,7 +9,7 @@ runtime performs on the other streams. `fir-opt -t cuda` prints both; fir.runtim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp
 from xdsl.dialects.func import FuncOp
@@ -23,7 +23,7 @@ from fir.dialects.base import fmt_tt, to_tt
 from fir.dialects.flow import FlowOp, ReshapeOp
 from fir.dialects.plan import ARENA_SIZE, OFFSET, RecordOp, WaitOp
 from fir.dtypes import nbytes
-from fir.placement import DEVICE
+from fir.placement import DEVICE, int_value
 from fir.plan_ir import event_of, instructions, is_plan, stream_of
 
 
@@ -72,20 +72,19 @@ def device_code(func: FuncOp) -> DeviceCode:
     arena = func.attributes.get(ARENA_SIZE)
     if not isinstance(arena, IntegerAttr):
         raise FirError(f"@{func.sym_name.data} has no arena: run plan-memory first", loc_of(func.location))
-    dev = func.attributes.get(DEVICE)
-    code = DeviceCode(func.sym_name.data, dev.value.data if isinstance(dev, IntegerAttr) else 0, arena.value.data)
+    code = DeviceCode(func.sym_name.data, int_value(func, DEVICE) or 0, arena.value.data)
     by_text: dict[str, Kernel] = {}
     for op in instructions(func):
         if not isinstance(op, FlowOp):
             continue
-        stem = "fir_" + op.name.split(".", 1)[1]
-        candidate = kernel_for(f"{stem}_{len(code.kernels)}", op)
-        # Two instructions on equal shapes and attributes render alike but for the name: one kernel serves both.
-        key = "\n".join((render_kernel(candidate), *candidate.helpers)).replace(candidate.name, "@")
+        # Emitted under a placeholder name: two instructions on equal shapes and attributes render alike, and
+        # one kernel serves both.
+        candidate = kernel_for("fir_kernel", op)
+        key = "\n".join((render_kernel(candidate), *candidate.helpers))
         kernel = by_text.get(key)
         if kernel is None:
-            kernel = by_text[key] = candidate
-            code.kernels.append(candidate)
+            kernel = by_text[key] = replace(candidate, name=f"fir_{op.name.split('.', 1)[1]}_{len(code.kernels)}")
+            code.kernels.append(kernel)
         args = (offset_of(op.results[0]), *(offset_of(v) for v in op.operands))
         skip = isinstance(op, ReshapeOp) and args[0] == args[1]
         code.launches[op] = Launch(kernel.name, kernel.grid, kernel.block, kernel.smem, args, skip)

@@ -7,6 +7,7 @@ coordinates; an intermediate lives in a register, rounded to its dtype as the re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from xdsl.ir import Operation, SSAValue
@@ -16,6 +17,7 @@ from fir.codegen.common import (
     blocks_for,
     broadcast_offset,
     compute_type,
+    float_constant,
     grid_stride,
     load,
     round_to,
@@ -24,9 +26,7 @@ from fir.codegen.common import (
 )
 from fir.codegen.kernel_ir import BinOp, Cast, Decl, Expr, Kernel, Stmt, Var, call, float_lit, lit
 from fir.dialects.base import to_tt
-from fir.dialects.flow import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, BroadcastToOp, CastOp, FillOp, FusedOp
-
-FUSIBLE: tuple[type[Operation], ...] = (*ELEMENTWISE_UNARY, *ELEMENTWISE_BINARY, BroadcastToOp, FillOp)
+from fir.dialects.flow import BroadcastToOp, CastOp, FillOp, FusedOp
 
 _FLOAT_UNARY = {"flow.exp": "expf", "flow.log": "logf", "flow.sqrt": "sqrtf", "flow.tanh": "tanhf",
                 "flow.sigmoid": "fir_sigmoid"}
@@ -64,7 +64,7 @@ def scalar(op: Operation, args: Sequence[Expr]) -> Expr:
     if isinstance(op, FillOp):
         v = op.attr_values()["value"]
         if dt in ("f32", "f16", "bf16"):
-            return float_lit(float(v))
+            return float_constant(v, dt)
         if dt == "i1":
             return lit(bool(v))
         return Cast(compute_type(dt), lit(int(v)))
@@ -74,16 +74,13 @@ def scalar(op: Operation, args: Sequence[Expr]) -> Expr:
 def elementwise_kernel(name: str, op: Operation) -> Kernel:
     """The kernel of one fusible flow op or of a flow.fused group."""
     if isinstance(op, FusedOp):
-        block = op.body.block
-        inputs: list[SSAValue] = list(block.args)
-        body_ops = [o for o in block.ops if o is not block.last_op]
-        output = block.last_op.operands[0]
+        inputs: list[SSAValue] = list(op.body.block.args)
+        body_ops = op.body_ops()
+        output = op.body.block.last_op.operands[0]
     else:
         inputs, body_ops, output = list(op.operands), [op], op.results[0]
     out_shape, out_dt = to_tt(output.type)
-    n = 1
-    for d in out_shape:
-        n *= d
+    n = math.prod(out_shape)
     params = [tensor_param("out", out_dt, const=False)]
     params += [tensor_param(f"in{i}", to_tt(v.type)[1]) for i, v in enumerate(inputs)]
     idx = Var("i")

@@ -2,51 +2,44 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from xdsl.ir import Operation
 
+from fir.codegen import layout, reduction
+from fir.codegen.elementwise import elementwise_kernel
 from fir.codegen.kernel_ir import Kernel
+from fir.codegen.matmul import matmul_kernel
 from fir.diagnostics import FirError, loc_of
 from fir.dialects.flow import FUSIBLE_OPS, FusedOp
 
 Emitter = Callable[[str, Operation], Kernel]
 
 
-# op name -> (module in fir.codegen, function); modules are imported when first needed.
-_EMITTERS: dict[str, tuple[str, str]] = {
-    "flow.matmul": ("matmul", "matmul_kernel"),
-    "flow.reduce_sum": ("reduction", "reduce_kernel"),
-    "flow.reduce_mean": ("reduction", "reduce_kernel"),
-    "flow.reduce_max": ("reduction", "reduce_kernel"),
-    "flow.softmax": ("reduction", "softmax_kernel"),
-    "flow.layernorm": ("reduction", "layernorm_kernel"),
-    "flow.cross_entropy": ("reduction", "cross_entropy_kernel"),
-    "flow.transpose": ("layout", "transpose_kernel"),
-    "flow.reshape": ("layout", "reshape_kernel"),
-    "flow.concat": ("layout", "concat_kernel"),
-    "flow.slice": ("layout", "slice_kernel"),
-    "flow.gather": ("layout", "gather_kernel"),
-    "flow.constant": ("layout", "constant_kernel"),
-    "flow.iota": ("layout", "iota_kernel"),
+# The emitter of every flow op that is not elementwise (those go to elementwise_kernel).
+EMITTERS: dict[str, Emitter] = {
+    "flow.matmul": matmul_kernel,
+    "flow.reduce_sum": reduction.reduce_kernel,
+    "flow.reduce_mean": reduction.reduce_kernel,
+    "flow.reduce_max": reduction.reduce_kernel,
+    "flow.softmax": reduction.softmax_kernel,
+    "flow.layernorm": reduction.layernorm_kernel,
+    "flow.cross_entropy": reduction.cross_entropy_kernel,
+    "flow.transpose": layout.transpose_kernel,
+    "flow.reshape": layout.reshape_kernel,
+    "flow.concat": layout.concat_kernel,
+    "flow.slice": layout.slice_kernel,
+    "flow.gather": layout.gather_kernel,
+    "flow.constant": layout.constant_kernel,
+    "flow.iota": layout.iota_kernel,
 }
-
-
-def _emitter(op_name: str) -> Emitter | None:
-    where = _EMITTERS.get(op_name)
-    if where is None:
-        return None
-    return getattr(importlib.import_module(f"fir.codegen.{where[0]}"), where[1])
 
 
 def kernel_for(name: str, op: Operation) -> Kernel:
     """The CUDA kernel computing one flow op (or flow.fused group) on its local shapes, named `name`."""
-    from fir.codegen.elementwise import elementwise_kernel
-
     if isinstance(op, (FusedOp, *FUSIBLE_OPS)):
         return elementwise_kernel(name, op)
-    emitter = _emitter(op.name)
+    emitter = EMITTERS.get(op.name)
     if emitter is None:
         raise FirError(f"no CUDA kernel for '{op.name}'", loc_of(op.location))
     try:

@@ -15,6 +15,7 @@ from fir.codegen.common import (
     THREADS,
     TID,
     blocks_for,
+    float_constant,
     grid_stride,
     offset,
     store,
@@ -25,6 +26,7 @@ from fir.codegen.common import (
 )
 from fir.codegen.kernel_ir import (
     INDEX,
+    STORAGE,
     SYNC,
     Assign,
     BinOp,
@@ -42,6 +44,7 @@ from fir.codegen.kernel_ir import (
     call,
     float_lit,
     lit,
+    render_expr,
 )
 from fir.codegen.prelude import STATUS_INDEX_OUT_OF_RANGE
 from fir.dialects.base import to_tt
@@ -57,13 +60,13 @@ def _shape(v) -> tuple[tuple[int, ...], str]:
 
 
 def _copy_kernel(name: str, op: Operation, comment: str, source) -> Kernel:
-    """A grid-stride loop over the output; `source(i, params)` gives the (param, index) element i reads."""
+    """A grid-stride loop over the output; `source(i, params)` gives the statements that write output element i."""
     shape, dt = _shape(op.results[0])
     params = [tensor_param("out", dt, const=False)]
     params += [tensor_param(f"in{k}", _shape(v)[1]) for k, v in enumerate(op.operands)]
     n = math.prod(shape)
     i = Var("i")
-    body = source(i, params, shape)
+    body = source(i, params)
     return Kernel(name, params, [grid_stride(i, n, body)], (blocks_for(n), 1, 1), (THREADS, 1, 1), comment=comment)
 
 
@@ -79,7 +82,7 @@ def transpose_kernel(name: str, op: Operation) -> Kernel:
     out_shape, _ = _shape(op.results[0])
     rank = len(in_shape)
     if rank < 2 or perm[-1] == rank - 1 or math.prod(in_shape) == 0:
-        def source(i, params, shape):
+        def source(i, params):
             coords = unravel(i, out_shape)
             in_coords: list[Expr] = [lit(0)] * rank
             for out_axis, in_axis in enumerate(perm):
@@ -141,11 +144,10 @@ def _tiled_transpose(name: str, dt: str, in_shape: tuple[int, ...], perm: list[i
 
 
 def reshape_kernel(name: str, op: Operation) -> Kernel:
-    """flow.reshape: a row-major copy (a no-op when the plan put it in place)."""
+    """flow.reshape: a row-major copy (the launch plan leaves out one the plan put in place)."""
 
-    def source(i, params, shape):
-        return [If(BinOp("!=", Cast("const void*", params[0].var()), Cast("const void*", params[1].var())),
-                   [_raw_copy(params[0], params[1], i, i)])]
+    def source(i, params):
+        return [_raw_copy(params[0], params[1], i, i)]
     return _copy_kernel(name, op, "reshape (row-major copy)", source)
 
 
@@ -155,7 +157,7 @@ def slice_kernel(name: str, op: Operation) -> Kernel:
     vals = op.attr_values()
     out_shape = _shape(op.results[0])[0]
 
-    def source(i, params, shape):
+    def source(i, params):
         coords = [binop("+", s, binop("*", c, st)) for c, s, st in
                   zip(unravel(i, out_shape), vals["start"], vals["stride"])]
         return [_raw_copy(params[0], params[1], i, offset(coords, in_shape))]
@@ -169,7 +171,7 @@ def concat_kernel(name: str, op: Operation) -> Kernel:
 
     starts = np.cumsum([0] + [_shape(v)[0][axis] for v in op.operands]).tolist()
 
-    def source(i, params, shape):
+    def source(i, params):
         coords = unravel(i, out_shape)
         c = Var("c")
         chain: list[Stmt] = []
@@ -191,7 +193,7 @@ def gather_kernel(name: str, op: Operation) -> Kernel:
     out_shape = _shape(op.results[0])[0]
     size = table_shape[axis]
 
-    def source(i, params, shape):
+    def source(i, params):
         coords = unravel(i, out_shape)
         pre, idx_c, post = coords[:axis], coords[axis:axis + len(idx_shape)], coords[axis + len(idx_shape):]
         j = Var("j")
@@ -211,7 +213,7 @@ def iota_kernel(name: str, op: Operation) -> Kernel:
     shape, dt = _shape(op.results[0])
     axis = op.attr_values()["axis"] % len(shape)
 
-    def source(i, params, _):
+    def source(i, params):
         c = unravel(i, shape)[axis]
         value: Expr = Cast("float", c) if dt in ("f32", "f16", "bf16") else c
         return [store(params[0], dt, i, value if dt != "i1" else BinOp("!=", c, lit(0)))]
@@ -229,19 +231,18 @@ def constant_kernel(name: str, op: Operation) -> Kernel:
     floats = dt in ("f32", "f16", "bf16")
     if value.size == 1 or (flat.size and np.all(flat == flat[0])):
         v = flat[0] if flat.size else 0
-        x = float_lit(float(v)) if floats else lit(bool(v)) if dt == "i1" else Cast("long long", lit(int(v)))
+        x = float_constant(v, dt) if floats else lit(bool(v)) if dt == "i1" else Cast("long long", lit(int(v)))
         body = [grid_stride(i, n, [store(params[0], dt, i, x)])]
         return Kernel(name, params, body, (blocks_for(n), 1, 1), (THREADS, 1, 1), comment="constant (splat)")
     # Named by content: equal tables are written once per translation unit, and different ones never clash.
     table = f"fir_table_{dt}_{hashlib.sha1(np.ascontiguousarray(flat).tobytes()).hexdigest()[:16]}"
+    # Floats are stored as float32 holding each value rounded once to the dtype (as the reference rounds it).
     if floats:
-        items = ", ".join(repr(float(np.float32(x))) + "f" if np.isfinite(x) else
-                          ("__int_as_float(0x7fc00000)" if np.isnan(x) else
-                           f"__int_as_float({'0x7f800000' if x > 0 else '0xff800000'})") for x in flat)
+        items = ", ".join(render_expr(float_constant(x, dt)) for x in flat)
         ctype = "float"
     else:
-        items = ", ".join(str(int(x)) + ("LL" if dt == "i64" else "") for x in flat)
-        ctype = {"i1": "bool", "i32": "int", "i64": "long long"}[dt]
+        items = ", ".join(render_expr(lit(bool(x) if dt == "i1" else int(x))) for x in flat)
+        ctype = STORAGE[dt]
     helper = f"__device__ const {ctype} {table}[{max(1, n)}] = {{{items}}};\n"
     value_expr = call("fir_ld", Var(table)[i]) if floats else Var(table)[i]
     body = [grid_stride(i, n, [store(params[0], dt, i, value_expr)])]

@@ -8,12 +8,14 @@ from __future__ import annotations
 STATUS_OK = 0
 STATUS_INDEX_OUT_OF_RANGE = 1
 STATUS_LABEL_OUT_OF_RANGE = 2
+STATUS_EMPTY_MEAN = 3
 
 PRELUDE = r"""#include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <mma.h>
 
-// Nonzero once a kernel met input it cannot compute on: 1 = gather index out of range, 2 = label out of range.
+// Nonzero once a kernel met input it cannot compute on: 1 = gather index out of range, 2 = label out of range,
+// 3 = a mean over no elements.
 __device__ int fir_status;
 __device__ __forceinline__ void fir_fail(int code) { atomicCAS(&fir_status, 0, code); }
 
@@ -30,7 +32,6 @@ template <typename T> __device__ __forceinline__ T fir_st(float x);
 template <> __device__ __forceinline__ float fir_st<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half fir_st<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 fir_st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-__device__ __forceinline__ int fir_st_int(int x) { return x; }
 
 // A low-precision op result is rounded once to its dtype, as the reference does, even inside a fused kernel.
 __device__ __forceinline__ float fir_round_f16(float x) { return __half2float(__float2half_rn(x)); }
@@ -66,7 +67,7 @@ __device__ __forceinline__ int fir_relu(int x) { return x > 0 ? x : 0; }
 __device__ __forceinline__ long long fir_relu(long long x) { return x > 0 ? x : 0; }
 // Through e^-|x|, which never overflows.
 __device__ __forceinline__ float fir_sigmoid(float x) {
-  float e = __expf(-fabsf(x)); return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e); }
+  float e = expf(-fabsf(x)); return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e); }
 __device__ __forceinline__ float fir_gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
 __device__ __forceinline__ float fir_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); }

@@ -10,7 +10,6 @@ are cached there (as float) so global memory is read once. Floats accumulate in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from xdsl.ir import Operation
@@ -48,7 +47,7 @@ from fir.codegen.kernel_ir import (
     float_lit,
     lit,
 )
-from fir.codegen.prelude import STATUS_LABEL_OUT_OF_RANGE
+from fir.codegen.prelude import STATUS_EMPTY_MEAN, STATUS_LABEL_OUT_OF_RANGE
 from fir.dialects.base import to_tt
 
 FLOATS = ("f32", "f16", "bf16")
@@ -255,9 +254,11 @@ def reduce_kernel(name: str, op: Operation) -> Kernel:
 
     o, acc = Var("o"), Var("acc")
     if n == 0:
-        # Nothing to reduce: the identity (the mean of nothing is 0 / 0 = NaN).
+        # Nothing to reduce: the identity; the mean of nothing is undefined, an error as in the reference
+        # (fir_status), and NaN.
+        fail = [Raw(f"fir_fail({STATUS_EMPTY_MEAN});")] if kind == "mean" else []
         value = NAN if kind == "mean" else identity
-        body: list[Stmt] = [grid_stride(o, m, [store(out, dt, o, value)])]
+        body: list[Stmt] = [grid_stride(o, m, [*fail, store(out, dt, o, value)])]
         return Kernel(name, params, body, (blocks_for(m), 1, 1), (THREADS, 1, 1), comment=comment + " (empty axes)",
                       max_threads=THREADS)
 
@@ -454,16 +455,7 @@ def cross_entropy_kernel(name: str, op: Operation) -> Kernel:
             g.rows(rv, nrows, body_row),
             Decl("float", total, combined, const=True),
             If(binop("==", T_ID, 0), [store(out, dt, lit(0), final)])]
+    if reduction == "mean" and nrows == 0:  # the mean over no labels: an error, as in the reference
+        body.append(If(binop("==", T_ID, 0), [Raw(f"fir_fail({STATUS_EMPTY_MEAN});")]))
     return Kernel(name, params, body, (1, 1, 1), (g.threads, 1, 1), smem=row.smem, comment=comment,
                   max_threads=g.threads)
-
-
-# The emitter of each op, by name.
-EMITTERS: dict[str, Callable[[str, Operation], Kernel]] = {
-    "flow.reduce_sum": reduce_kernel,
-    "flow.reduce_mean": reduce_kernel,
-    "flow.reduce_max": reduce_kernel,
-    "flow.softmax": softmax_kernel,
-    "flow.layernorm": layernorm_kernel,
-    "flow.cross_entropy": cross_entropy_kernel,
-}

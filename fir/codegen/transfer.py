@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from fir.codegen.common import THREADS, blocks_for, compute_type, grid_stride, load, offset, store, tensor_param, unravel
+from fir.codegen.common import (THREADS, blocks_for, compute_type, grid_stride, load, offset, store, tensor_param,
+                                unravel)
 from fir.codegen.kernel_ir import Assign, Decl, Kernel, Var, binop, call
 
 

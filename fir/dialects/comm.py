@@ -129,12 +129,12 @@ class CollectiveOp(CommOp):
         assert axis is not None
         return axis, src[axis], dst[axis]
 
-    def group_for(self, device: int, program: str) -> tuple[int, ...]:
-        """The devices this collective runs with, checked to list `device` once; `program` names the caller's IR."""
+    def group_for(self, device: int) -> tuple[int, ...]:
+        """The devices this collective runs with, checked to list `device` once (FirError otherwise)."""
         vals = self.attr_values()
         if "group" not in vals:
-            raise FirError(f"device {device}: '{self.name}' has no group and id ({program} collectives come from "
-                           "partition)", loc_of(self.location))
+            raise FirError(f"device {device}: '{self.name}' has no group and id (a device program's collectives "
+                           "come from partition)", loc_of(self.location))
         group = tuple(vals["group"])
         if device not in group or len(set(group)) != len(group):
             raise FirError(f"device {device}: the group {list(group)} of '{self.name}' must list this device, and "

@@ -676,7 +676,7 @@ class FusedOp(FlowOp):
                 raise VerifyException(f"'{op.name}' in a fused body carries attribute '{next(iter(op.attributes))}' "
                                       "(placement, SBP and plan attributes belong on flow.fused)")
             try:
-                si.broadcast_shapes(to_tt(op.results[0].type)[0], to_tt(self.results[0].type)[0])
+                si.check_broadcast_to(to_tt(op.results[0].type)[0], to_tt(self.results[0].type)[0])
             except ShapeError:
                 raise VerifyException(f"'{op.name}' in a fused body has shape "
                                       f"{si.fmt_shape(to_tt(op.results[0].type)[0])}, which does not broadcast to "

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Operation
 from xdsl.passes import ModulePass
@@ -21,7 +21,7 @@ from fir.dialects.plan import ARENA_SIZE, STREAM
 from fir.dialects.sbp import meshes_of
 from fir.fir_printer import ValueNames  # the report names values exactly as the printer does
 from fir.hardware import DEFAULT_HARDWARE, Hardware, load_hardware
-from fir.placement import DEVICE, func_mesh
+from fir.placement import DEVICE, func_mesh, int_value
 from fir.plan_ir import is_plan
 
 
@@ -47,14 +47,9 @@ class CostReportPass(ModulePass):
             print("\n\n".join(tables), file=sys.stderr)
 
 
-def _int_attr(func: FuncOp, name: str) -> int | None:
-    a = func.attributes.get(name)
-    return int(a.value.data) if isinstance(a, IntegerAttr) else None
-
-
 def _describe(func: FuncOp, meshes: dict) -> tuple[str, int]:
     """(what the function is, the device its instructions are priced for)."""
-    device = _int_attr(func, DEVICE)
+    device = int_value(func, DEVICE)
     if device is not None:
         return ("plan" if is_plan(func) else "device program") + f", device {device}", device
     mesh = meshes.get(func_mesh(func) or "")
@@ -76,7 +71,7 @@ def report_function(func: FuncOp, hw: Hardware, meshes: dict | None = None) -> s
     """The cost table of one function, as text."""
     what, device = _describe(func, meshes or {})
     planned = is_plan(func)
-    if _int_attr(func, DEVICE) is not None:
+    if int_value(func, DEVICE) is not None:
         try:
             hw.node_of(device)
         except FirError as e:
@@ -119,7 +114,7 @@ def _memory_line(func: FuncOp, hw: Hardware, logical: bool) -> str:
     mem = memory_per_device(func)
     if logical:  # logical shapes: what one device would need without partitioning
         return f"memory: {mem} bytes of logical tensors (no reuse; partition gives the per-device figure)"
-    how = "arena_size" if _int_attr(func, ARENA_SIZE) is not None else "no reuse: every tensor it defines"
+    how = "arena_size" if int_value(func, ARENA_SIZE) is not None else "no reuse: every tensor it defines"
     cap = hw.device.hbm_capacity
     over = "; EXCEEDS the device's HBM" if mem > cap else ""
     return f"memory per device: {mem} bytes ({how}), {100.0 * mem / cap:.4f}% of {cap} bytes of HBM{over}"

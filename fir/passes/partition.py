@@ -30,7 +30,7 @@ from fir.dialects.plan import MICRO
 from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN
 from fir.placement import ARGS, DEVICE, OF, RESULTS, comm_result_layout, placed_functions, arg_attrs, int_attr, layout_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp
 from fir.sbp import Mesh, NdSbp, Split, format_nd
-from fir.sbp_rules import nd_signatures, why_invalid
+from fir.sbp_rules import nd_signatures, require_rule, why_invalid
 
 
 
@@ -115,6 +115,7 @@ def _check_boxed(func: FuncOp, meshes: dict[str, Mesh]) -> None:
 def _check_signature(op: FlowOp, mesh: Mesh, needs: list[NdSbp]) -> None:
     """The op's `sbp_in` and `sbp` must be one of its SBP signatures on the mesh (sbp-infer writes one; a hand-written
     or edited pair may not be, and its local types would not fit)."""
+    require_rule(op)
     ins = [to_tt(v.type)[0] for v in op.operands]
     out_shape = to_tt(op.results[0].type)[0]
     out, attrs = _layout(op.attributes[SBP]), op.attr_values()

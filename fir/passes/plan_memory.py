@@ -13,7 +13,7 @@ on every buffer-defining instruction and `arena_size` on the function.
 Safety: when B reuses bytes of A, which was defined before it, every accessor of A (but the in-place op
 itself) must happen before B's defining instruction. Checking the consecutive holders of each byte suffices
 (order is transitive); for the latest accessor of A on each stream that is not already ordered, the pass
-records an event after it and waits for it before B's definer (what fir.plan_ir.add_dependency does).
+records an event after it and waits for it before B's definer.
 
 A function that already has `arena_size` is not planned again: its offsets are checked by the same rules
 (`verify_memory`), so the pass is idempotent and a hand-written memory plan is validated.
@@ -274,7 +274,7 @@ def _make_reuse_safe(func: FuncOp, bufs: list[_Buf], offsets: list[int], parents
     # before one definer orders every later instruction of its stream); the instance `order` does not see them.
     learned = {s: [0] * len(order.streams) for s in order.streams}
     added = 0
-    event = next_event(func)  # fir.plan_ir.add_dependency, without its scan for a free event number each time
+    event = next_event(func)  # numbered on from here: one scan for a free event number, not one per event
     for b in sorted(needed):
         definer = bufs[b].accessors[0]
         mine = learned[stream_of(definer)]

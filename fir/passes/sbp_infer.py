@@ -38,7 +38,7 @@ from fir.placement import (
     value_sbp,
 )
 from fir.sbp import B, Mesh, NdSbp, Partial, format_nd
-from fir.sbp_rules import NdSignature, nd_signatures, why_invalid
+from fir.sbp_rules import NdSignature, nd_signatures, require_rule, why_invalid
 
 # Where a value lives: its mesh and its nd-SBP there.
 Layout = tuple[Mesh, NdSbp]
@@ -108,6 +108,7 @@ def _infer_function(func: FuncOp, meshes: dict[str, Mesh], report: bool) -> None
 
 
 def _choose(op: FlowOp, mesh: Mesh, layouts: dict[SSAValue, Layout], report: bool) -> None:
+    require_rule(op)
     ins = [to_tt(v.type) for v in op.operands]
     out_shape, dtype = to_tt(op.results[0].type)
     attrs = op.attr_values()

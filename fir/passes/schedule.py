@@ -39,7 +39,7 @@ from fir.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import MICRO, ORDERS, SCHEDULE, STREAM, LoadOp, PlanOp, RecordOp, StoreOp, WaitOp
-from fir.placement import DEVICE, OF, places, symbol_name
+from fir.placement import DEVICE, OF, int_value, places, symbol_name
 from fir.plan_ir import event_of, record_after, stream_for, stream_of, wait_before
 
 
@@ -68,8 +68,9 @@ class SchedulePass(ModulePass):
 
 
 def _device(func: FuncOp) -> int:
-    attr = func.attributes.get(DEVICE)
-    return int(attr.value.data) if isinstance(attr, IntegerAttr) else 0
+    """The device of a device program; a function on no mesh runs on device 0."""
+    d = int_value(func, DEVICE)
+    return 0 if d is None else d
 
 
 def _body(func: FuncOp) -> list[Operation]:
@@ -308,13 +309,15 @@ def _issue_order(func: FuncOp, tasks: dict[Operation, tuple[int, int]], order: s
                 emit(st)
 
     for a in block.args:
-        if a.uses and not all(isinstance(u.operation, LoadOp) for u in a.uses):
+        # Instructions read an argument through its copy in the arena; a plan returns a returned argument as it
+        # is (it is a host tensor), so that use needs no copy in and out.
+        readers = [u for u in a.uses if not isinstance(u.operation, (LoadOp, ReturnOp))]
+        if readers:
             load = LoadOp.make([a])
             load.location = func.location
             load.results[0].name_hint = f"{a.name_hint}.in" if a.name_hint else None
-            for u in list(a.uses):
-                if u.operation is not load and not isinstance(u.operation, LoadOp):
-                    u.operation.operands[u.index] = load.results[0]
+            for u in readers:
+                u.operation.operands[u.index] = load.results[0]
             emit(load)
     gates = 0
     seen: dict[tuple[str, str], int] = defaultdict(int)  # (prefetch stream, other stream) -> issued when gated
@@ -343,7 +346,8 @@ def _issue_order(func: FuncOp, tasks: dict[Operation, tuple[int, int]], order: s
         emit(o)
     flush(max(early, default=-1))
     for i, v in enumerate(ret.operands):
-        ret.operands[i] = stores[v].results[0]
+        if v in stores:  # a returned argument stays as it is
+            ret.operands[i] = stores[v].results[0]
     for o in issue:
         if o in tasks and MICRO not in o.attributes:
             o.attributes[MICRO] = IntegerAttr(tasks[o][1], i64)

@@ -20,17 +20,17 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from fir.codegen.kernel_ir import Kernel
-from fir.codegen.prelude import STATUS_INDEX_OUT_OF_RANGE, STATUS_LABEL_OUT_OF_RANGE
+from fir.codegen.prelude import STATUS_EMPTY_MEAN, STATUS_INDEX_OUT_OF_RANGE, STATUS_LABEL_OUT_OF_RANGE
 from fir.codegen.source import translation_unit
 from fir.diagnostics import FirError
 from fir.dtypes import numpy_dtype
 from fir.runtime.gpu_actions import (BoxCopy, DeviceToHost, GroupReduce, HostToDevice, LaunchOp, Lowered, Record,
-                                     Wait, program_actions, returned_values)
-from fir.runtime.virtual_devices import check_programs, devices_needed, gather_results, scatter_inputs
-from fir.plan_ir import entry_plans
+                                     Wait, lower, returned_values)
+from fir.runtime.plan_executor import device_inputs, logical_outputs
 
 _STATUS = {STATUS_INDEX_OUT_OF_RANGE: "flow.gather: an index is out of range",
-           STATUS_LABEL_OUT_OF_RANGE: "flow.cross_entropy: a label is out of range"}
+           STATUS_LABEL_OUT_OF_RANGE: "flow.cross_entropy: a label is out of range",
+           STATUS_EMPTY_MEAN: "a mean over no elements (flow.reduce_mean or flow.cross_entropy)"}
 
 
 def _pycuda():
@@ -106,18 +106,9 @@ class CudaExecutable:
     def __init__(self, module: ModuleOp, entry: str, inputs: list[np.ndarray], n_devices: int | None = None):
         drv, source_module = _pycuda()
         self.drv = drv
-        self.module = module
-        plans, self.partitioned = entry_plans(module, entry)
-        self.programs = list(plans.values())
-        self.entry = entry.lstrip("@")
-        if self.partitioned:
-            check_programs(module, self.programs, self.entry,
-                           n_devices if n_devices is not None else devices_needed(module))
-            device_args = scatter_inputs(module, self.programs, inputs)
-        else:
-            device_args = {0: list(inputs)}
-        self.device_args = device_args
-        self.lowered, _ = program_actions(module, self.entry)
+        self.module, self.entry = module, entry
+        self.plans, self.partitioned, self.device_args = device_inputs(module, entry, inputs, n_devices)
+        self.lowered = lower(self.plans)
         major, minor = drv.Context.get_device().compute_capability()
         self.compiled = _Compiled(self.lowered, drv, source_module, f"sm_{major}{minor}")
         sizes = {d: max(1, code.arena_size) for d, code in self.lowered.codes.items()}
@@ -131,7 +122,7 @@ class CudaExecutable:
         self.staged: dict[int, Any] = {}
         for i, a in enumerate(self.lowered.actions):
             if isinstance(a, HostToDevice):
-                x = device_args[a.stream[0]][a.arg]
+                x = self.device_args[a.stream[0]][a.arg]
                 if a.box is not None:
                     x = x[tuple(slice(s, e) for s, e in a.box)]
                 # Staged as bytes: page-locked arrays of ml_dtypes' bfloat16 are not needed that way.
@@ -197,7 +188,7 @@ class CudaExecutable:
         host = {a.value: self.staged[i][:a.src.nbytes()].view(numpy_dtype(a.src.dtype)).reshape(a.src.shape).copy()
                 for i, a in enumerate(acts) if isinstance(a, DeviceToHost)}
         outs = returned_values(self.lowered, host, self.device_args)
-        return gather_results(self.module, self.entry, self.programs, outs) if self.partitioned else outs[0]
+        return logical_outputs(self.module, self.entry, self.plans, self.partitioned, outs)
 
 
 def execute_plan_cuda(module: ModuleOp, entry: str, inputs: list[np.ndarray], n_devices: int | None = None,

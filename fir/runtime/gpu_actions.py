@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
@@ -40,7 +39,8 @@ from fir.dialects.plan import LoadOp, RecordOp, StoreOp, WaitOp
 from fir.layout import piece
 from fir.plan_ir import event_of, instructions, stream_of
 from fir.runtime import collectives
-from fir.runtime.reference import evaluate_op
+from fir.runtime.virtual_devices import check_members
+from fir.runtime.interpreter import evaluate_op
 from fir.sbp import Partial, Split
 
 Stream = tuple[int, str]  # (device, stream name)
@@ -142,7 +142,6 @@ class Lowered:
 
     actions: list[Action] = field(default_factory=list)
     codes: dict[int, DeviceCode] = field(default_factory=dict)
-    plans: dict[int, FuncOp] = field(default_factory=dict)
     scratch: list[int] = field(default_factory=list)  # bytes of each scratch buffer
     events: int = 0  # event ids are 0 .. events - 1
     returned: dict[int, list[SSAValue]] = field(default_factory=dict)  # host values each device returns
@@ -155,7 +154,7 @@ def _buf(v: SSAValue, device: int) -> Buf:
 
 class _Lowering:
     def __init__(self, plans: dict[int, FuncOp]):
-        self.out = Lowered(plans=dict(plans))
+        self.out = Lowered()
         self.event_ids: dict[tuple[int, int], int] = {}
         self.queues: dict[Stream, deque[Operation]] = {}
         self.arg_index: dict[tuple[int, SSAValue], int] = {}
@@ -241,6 +240,9 @@ class _Lowering:
         if sk not in self.sent:
             return False
         send, ready = self.sent.pop(sk)
+        if send.operands[0].type != op.results[0].type:
+            raise FirError(f"device {d} receives {op.results[0].type} (id {sk[0]}) but device {sk[1]} sends "
+                           f"{send.operands[0].type}", loc_of(op.location))
         src, dst = _buf(send.operands[0], sk[1]), _buf(op.results[0], d)
         zeros = (0,) * len(dst.shape)
         done = self.new_event()
@@ -254,13 +256,13 @@ class _Lowering:
 
     def collective(self, key: Stream, op: CollectiveOp) -> bool:
         d = key[0]
-        group = op.group_for(d, "a plan's")
+        group = op.group_for(d)
         ident = op.attr_values()["id"]
         members: list[CollectiveOp] = []
         for m in group:
             q = self.queues.get((m, "comm"))
             head = q[0] if q else None
-            if not isinstance(head, CollectiveOp) or head.attr_values().get("id") != ident or (m, "comm") in self.blocked:
+            if not isinstance(head, CollectiveOp) or head.attr_values().get("id") != ident:
                 return False
             members.append(head)
         leader = (group[0], "comm")
@@ -270,6 +272,12 @@ class _Lowering:
             self.emit(Wait(leader, e))
         ins = [_buf(o.operands[0], m) for o, m in zip(members, group)]
         outs = [_buf(o.results[0], m) for o, m in zip(members, group)]
+        # Members of another group with this id, or mismatched pieces, would copy out of bounds on the GPU.
+        for o, m in zip(members, group):
+            if o.group_for(m) != group:
+                raise FirError(f"the members of collective id {ident} name different groups: device {d} "
+                               f"{list(group)}, device {m} {list(o.group_for(m))}", loc_of(o.location))
+        check_members(members, [(b.shape, dtypes.numpy_dtype(b.dtype)) for b in ins], group)
         self.transfer(leader, op, ins, outs)
         done = self.new_event()
         self.emit(Record(leader, done))
@@ -376,7 +384,8 @@ def run_actions(lowered: Lowered, inputs: dict[int, list[np.ndarray]], order: st
     done_events: set[int] = set()
     rng = np.random.default_rng(seed)
     while any(streams.values()):
-        ready = [q[0] for q in streams.values() if q and (not isinstance(q[0][1], Wait) or q[0][1].event in done_events)]
+        ready = [q[0] for q in streams.values()
+                 if q and (not isinstance(q[0][1], Wait) or q[0][1].event in done_events)]
         if not ready:
             raise FirError("the lowered actions deadlock (a wait whose event is never recorded)")
         ready.sort(key=lambda ia: ia[0])
@@ -410,10 +419,3 @@ def returned_values(lowered: Lowered, host: dict[SSAValue, np.ndarray], inputs: 
     return {d: [np.array(inputs[d][v.index]) if isinstance(v, BlockArgument) else host[v] for v in vs]
             for d, vs in lowered.returned.items()}
 
-
-def program_actions(module: ModuleOp, entry: str) -> tuple[Lowered, bool]:
-    """The lowered actions of logical function @entry's plans, and whether it was partitioned."""
-    from fir.plan_ir import entry_plans
-
-    plans, partitioned = entry_plans(module, entry)
-    return lower(plans), partitioned

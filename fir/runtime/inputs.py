@@ -15,7 +15,7 @@ from fir import dtypes
 from fir.diagnostics import FirError
 from fir.dialects import flow, plan
 from fir.dialects.base import to_tt
-from fir.files import Writer, write_file
+from fir.files import Writer
 
 
 def arg_names(func: FuncOp) -> list[str]:
@@ -144,7 +144,3 @@ def outputs_writer(names: list[str], values: list[np.ndarray]) -> Writer:
     values = [v.astype(np.float32) if v.dtype == np.dtype(ml_dtypes.bfloat16) else v for v in values]
     return lambda f: np.savez(f, **dict(zip(names, values)))
 
-
-def save_outputs(path: str, names: list[str], values: list[np.ndarray]) -> None:
-    """Write outputs to an .npz all or nothing (fir.files)."""
-    write_file(path, "outputs", outputs_writer(names, values))

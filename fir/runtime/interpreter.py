@@ -11,9 +11,23 @@ from xdsl.dialects.func import FuncOp
 from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, register_impls
 from xdsl.interpreters.func import FuncFunctions
 
+from fir import dtypes
 from fir.diagnostics import FirError, SourceLoc, loc_of
+from fir.dialects.base import to_tt
 from fir.dialects.flow import FLOW_OPS, FlowOp, FusedOp
-from fir.runtime.reference import KernelError, evaluate_op
+from fir.runtime.reference import KernelError, evaluate
+
+
+def evaluate_op(op: FlowOp, inputs: list[np.ndarray]) -> np.ndarray:
+    """Compute one flow op on numpy inputs with fir.runtime.reference's semantics; a flow.fused group runs its body
+    op by op, each result rounded to its dtype as the unfused ops would be. The result is a fresh array."""
+    if isinstance(op, FusedOp):
+        env = dict(zip(op.body.block.args, inputs))
+        for inner in op.body_ops():
+            env[inner.results[0]] = evaluate_op(inner, [env[v] for v in inner.operands])
+        return np.array(env[op.body.block.last_op.operands[0]])  # a copy, even when the body yields an argument
+    shape, dt = to_tt(op.results[0].type)
+    return evaluate(op.name, inputs, op.attr_values(), shape, dtypes.numpy_dtype(dt))
 
 
 def _make_impl(op_cls: type[FlowOp]):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
@@ -43,8 +43,10 @@ from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
+from fir.placement import int_value
 from fir.plan_ir import entry_plans, event_of, instructions, overwritable_operands, stream_of, verify_plan
-from fir.runtime.reference import KernelError, evaluate_op
+from fir.runtime.interpreter import evaluate_op
+from fir.runtime.reference import KernelError
 from fir.runtime.virtual_devices import (check_programs, complete_collective, devices_needed,
                                          gather_results, scatter_inputs)
 from fir.trace import TraceEvent
@@ -106,11 +108,6 @@ def _name(v: SSAValue) -> str:
     return "%<unnamed>"
 
 
-def _int_attr(op: Operation, name: str) -> int | None:
-    attr = op.attributes.get(name)
-    return int(attr.value.data) if isinstance(attr, IntegerAttr) else None
-
-
 class _Device:
     """One device: its plan's instructions by stream, its arena and the views into it, its host tensors."""
 
@@ -119,7 +116,7 @@ class _Device:
         self.func = func
         verify_plan(func)
         ops = instructions(func)
-        size = _int_attr(func, ARENA_SIZE)
+        size = int_value(func, ARENA_SIZE)
         if size is None:
             defining = next((op for op in ops if op.results and not isinstance(op, StoreOp)), None)
             if defining is not None:
@@ -159,9 +156,6 @@ class _Device:
         stream = stream_of(op)
         if not isinstance(op, (FlowOp, CollectiveOp, SendOp, RecvOp, LoadOp, StoreOp, RecordOp, WaitOp)):
             raise FirError(f"'{op.name}' cannot run in a plan", loc_of(op.location))
-        if isinstance(op, CollectiveOp) and "group" not in op.attr_values():
-            raise FirError(f"device {self.id}: '{op.name}' has no group and id (a device program's collectives "
-                           "come from partition)", loc_of(op.location))
         reads: list[_Slot] = []
         for v in op.operands:
             if isinstance(op, LoadOp):
@@ -189,8 +183,7 @@ class _Device:
 
     def _key(self, op: Operation) -> tuple | None:
         if isinstance(op, CollectiveOp):
-            vals = op.attr_values()
-            return ("collective", vals["id"], tuple(vals["group"]))
+            return ("collective", op.attr_values()["id"], op.group_for(self.id))
         if isinstance(op, SendOp):
             vals = op.attr_values()
             return ("p2p", vals["id"], self.id, vals["to_device"])
@@ -202,7 +195,7 @@ class _Device:
     def _slot(self, op: Operation, v: SSAValue) -> _Slot:
         shape, dtype = _shape_dtype(v)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        offset = _int_attr(op, OFFSET)
+        offset = int_value(op, OFFSET)
         where = f"device {self.id}: '{op.name}' defining {_name(v)}"
         if offset is None:
             raise FirError(f"{where} has no offset (run the plan-memory pass)", loc_of(op.location))
@@ -292,10 +285,6 @@ class _Engine:
                 out.append((ins,))
         for key, members in meeting.items():
             group = key[2]
-            for m in members:
-                if len(set(group)) != len(group) or m.device not in group:
-                    raise FirError(f"device {m.device}: the group {list(group)} of '{m.op.name}' must list this "
-                                   "device, and each device once", loc_of(m.op.location))
             if sorted(m.device for m in members) == sorted(group):
                 out.append(tuple(sorted(members, key=lambda m: group.index(m.device))))
         out.sort(key=lambda c: min((m.device, m.pos) for m in c))
@@ -548,21 +537,35 @@ class PlanOrder:
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+def device_inputs(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_devices: int | None = None
+                  ) -> tuple[dict[int, FuncOp], bool, dict[int, list[np.ndarray]]]:
+    """The plans of logical function @entry by device, whether they are device programs, and each device's
+    arguments: the logical inputs scattered by their SBP (a single-device plan takes them as they are)."""
+    plans, partitioned = entry_plans(module, entry)
+    if not partitioned:
+        return plans, False, {0: list(inputs)}
+    programs = list(plans.values())
+    name = entry.lstrip("@")
+    check_programs(module, programs, name, n_devices if n_devices is not None else devices_needed(module))
+    return plans, True, scatter_inputs(module, programs, inputs)
+
+
+def logical_outputs(module: ModuleOp, entry: str, plans: dict[int, FuncOp], partitioned: bool,
+                    outs: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
+    """The logical results of @entry from each device's results (gathered by their SBP)."""
+    if not partitioned:
+        return outs[0]
+    return gather_results(module, entry.lstrip("@"), list(plans.values()), outs)
+
+
 def execute_plan(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_devices: int | None = None,
                  interleaving: str = "adversarial", seed: int = 0, trace: bool = False) -> PlanRun:
     """Run the plans of logical function @entry on numpy arenas in the given interleaving; returns the logical
     results (and a wall-clock trace when asked)."""
     if interleaving not in INTERLEAVINGS:
         raise FirError(f"unknown interleaving \"{interleaving}\" (choose {', '.join(INTERLEAVINGS)})")
-    plans, partitioned = entry_plans(module, entry)
-    programs = list(plans.values())
-    entry = entry.lstrip("@")
-    if partitioned:
-        check_programs(module, programs, entry, n_devices if n_devices is not None else devices_needed(module))
-        device_args = scatter_inputs(module, programs, inputs)
-        devices = {d: _Device(d, f, device_args[d]) for d, f in plans.items()}
-    else:
-        devices = {0: _Device(0, programs[0], list(inputs))}
+    plans, partitioned, device_args = device_inputs(module, entry, inputs, n_devices)
+    devices = {d: _Device(d, f, device_args[d]) for d, f in plans.items()}
     rng = np.random.default_rng(seed)
     adversary = None
     if interleaving == "adversarial":
@@ -591,7 +594,7 @@ def execute_plan(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_d
                 result.events.append(_trace_event(m, start, end))
     engine.finish()
     outs = {d: [dev.host[v] for v in dev.returned] for d, dev in devices.items()}
-    result.outputs = gather_results(module, entry, programs, outs) if partitioned else outs[0]
+    result.outputs = logical_outputs(module, entry, plans, partitioned, outs)
     return result
 
 
@@ -605,7 +608,7 @@ def _trace_event(ins: _Instr, start: float, end: float) -> TraceEvent:
         name = op.name
     args: dict[str, Any] = {}
     for key in (MICRO, OFFSET):
-        value = _int_attr(op, key)
+        value = int_value(op, key)
         if value is not None:
             args[key] = value
     return TraceEvent(ins.device, ins.stream, name, start, end, args)

@@ -417,18 +417,3 @@ def evaluate(
         result = result.copy(order="C")
     return result
 
-
-def evaluate_op(op: Any, inputs: list[np.ndarray]) -> np.ndarray:
-    """Compute one flow op (a flow.fused group included: its body op by op, each rounded to its dtype as the
-    unfused ops would be) on numpy inputs."""
-    from fir import dtypes
-    from fir.dialects.base import to_tt
-    from fir.dialects.flow import FusedOp
-
-    if isinstance(op, FusedOp):
-        env = dict(zip(op.body.block.args, inputs))
-        for inner in op.body_ops():
-            env[inner.results[0]] = evaluate_op(inner, [env[v] for v in inner.operands])
-        return env[op.body.block.last_op.operands[0]]
-    shape, dt = to_tt(op.results[0].type)
-    return evaluate(op.name, inputs, op.attr_values(), shape, dtypes.numpy_dtype(dt))

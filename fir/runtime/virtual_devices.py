@@ -30,7 +30,8 @@ from fir.dialects.sbp import MeshOp, meshes_of
 from fir.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name, value_mesh,
                            value_sbp)
 from fir.runtime import collectives
-from fir.runtime.reference import KernelError, evaluate_op
+from fir.runtime.interpreter import evaluate_op
+from fir.runtime.reference import KernelError
 from fir.sbp import Mesh, NdSbp, Split, format_nd
 
 
@@ -105,7 +106,7 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
                 raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
         elif isinstance(op, CollectiveOp):
             vals = op.attr_values()
-            group = op.group_for(dev.id, "a device program's")
+            group = op.group_for(dev.id)
             out = yield _Collective(op, (vals["id"], group)), ins[0]
         elif isinstance(op, SendOp):
             vals = op.attr_values()
@@ -128,32 +129,34 @@ def complete_collective(ops: Sequence[CollectiveOp], arrays: list[np.ndarray],
                         group: tuple[int, ...]) -> list[np.ndarray]:
     """Each member's result of one collective, from the members' ops and local arrays in group order (checked to
     match first)."""
-    _check_members(ops, arrays, group)
+    check_members(ops, [(a.shape, a.dtype) for a in arrays], group)
     _, src, dst = ops[0].transition()
     return collectives.transition(src, dst, arrays)
 
 
-def _check_members(ops: list[CollectiveOp], arrays: list[np.ndarray], group: tuple[int, ...]) -> None:
-    """The members of one collective must run the same op on matching pieces (device programs written or changed
-    by hand may not)."""
+def check_members(ops: Sequence[CollectiveOp], pieces: Sequence[tuple[tuple[int, ...], np.dtype]],
+                  group: tuple[int, ...]) -> None:
+    """The members of one collective (in group order, each with the shape and dtype of its piece) must run the
+    same op on matching pieces (device programs written or changed by hand may not); FirError otherwise."""
     first = ops[0]
     _, src, _ = first.transition()
     concat = src.axis if isinstance(src, Split) else None  # the axis along which pieces may differ
 
-    def signature(op: CollectiveOp, a: np.ndarray) -> tuple:
+    def signature(op: CollectiveOp, piece: tuple[tuple[int, ...], np.dtype]) -> tuple:
         vals = op.attr_values()
-        return (op.name, vals["from"], vals["to"], a.dtype, a.ndim,
-                tuple(n for k, n in enumerate(a.shape) if k != concat))
+        shape, dtype = piece
+        return (op.name, vals["from"], vals["to"], np.dtype(dtype), len(shape),
+                tuple(n for k, n in enumerate(shape) if k != concat))
 
-    def text(op: CollectiveOp, a: np.ndarray) -> str:
+    def text(op: CollectiveOp, piece: tuple[tuple[int, ...], np.dtype]) -> str:
         vals = op.attr_values()
-        return f"{op.name} {format_nd(vals['from'])} -> {format_nd(vals['to'])} on {a.shape} {a.dtype}"
+        return f"{op.name} {format_nd(vals['from'])} -> {format_nd(vals['to'])} on {tuple(piece[0])} {piece[1]}"
 
-    want = signature(first, arrays[0])
-    for m, op, a in zip(group, ops, arrays):
-        if signature(op, a) != want:
+    want = signature(first, pieces[0])
+    for m, op, piece in zip(group, ops, pieces):
+        if signature(op, piece) != want:
             raise FirError(f"the members of collective id {op.attr_values()['id']} (group {list(group)}) do not "
-                           f"match: device {group[0]} runs {text(first, arrays[0])}, device {m} {text(op, a)}",
+                           f"match: device {group[0]} runs {text(first, pieces[0])}, device {m} {text(op, piece)}",
                            loc_of(op.location))
 
 
