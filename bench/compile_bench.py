@@ -1,9 +1,9 @@
 """Benchmark: compile time of fir's whole pipeline on generated GPT-2-style models (bench/gpt_model.py).
 
 For each model size, in a fresh process (so that no cache or heap of an earlier model helps or hurts): generate
-the .fir text, then time each stage on its own: parse + verify (fir.frontend.parse_source), and each pass of
+the .fir text, then time each stage on its own: parse + verify (fir.syntax.frontend.parse_source), and each pass of
 `microbatch{count=M}`, `sbp-infer`, `insert-boxing`, `partition`, `fuse`, `schedule`, `plan-memory`, each followed by
-fir.frontend.verify_module, timed separately. Every pass runs on a fresh clone of its input (cloning is not
+fir.syntax.frontend.verify_module, timed separately. Every pass runs on a fresh clone of its input (cloning is not
 timed); with --repeat R each stage is timed R times and the median reported (the first run fills the rule and
 boxing caches, later ones find them warm). A pass that does not exist yet, or fails, is recorded as
 `"skipped": reason`, and the pipeline goes on from the module before it.
@@ -41,9 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpt_model import gpt_program  # noqa: E402
 
-from fir.frontend import make_context, parse_source, verify_module  # noqa: E402
+from fir.syntax.frontend import make_context, parse_source, verify_module  # noqa: E402
 from fir.passes import available_passes  # noqa: E402
-from fir.placement import DEVICE  # noqa: E402
+from fir.distribution.placement import DEVICE  # noqa: E402
 
 # GPT-2 small's sizes (vocabulary padded to a multiple of 128), 2 pipeline stages of 4-way tensor parallelism.
 MODEL: dict[str, Any] = {"hidden": 768, "heads": 12, "seq": 1024, "batch": 8, "stages": 2, "tp": 4, "vocab": 50304,
@@ -231,7 +231,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     results = []
-    # A fresh process per model: the lru caches of fir.sbp_rules and fir.boxing start empty for each.
+    # A fresh process per model: the lru caches of fir.distribution.rules and fir.distribution.boxing start empty for each.
     spawn = multiprocessing.get_context("spawn")
     for n in args.layers:
         profile = args.profile if n == max(args.layers) else 0

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fir.codegen.cuda_program import module_code  # noqa: E402
 from fir.codegen.nvcc import ARCH, compile_cuda, find_nvcc  # noqa: E402
 from fir.compile import compile_plan  # noqa: E402
-from fir.frontend import parse_source  # noqa: E402
+from fir.syntax.frontend import parse_source  # noqa: E402
 from fir.runtime.inputs import random_inputs  # noqa: E402
 from fir.runtime.interpreter import find_function  # noqa: E402
 

@@ -15,9 +15,9 @@ from io import StringIO
 
 from xdsl.printer import Printer
 
-from fir.fir_parser import parse_fir
-from fir.fir_printer import print_fir
-from fir.frontend import parse_mlir, verify_module
+from fir.syntax.parser import parse_fir
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import parse_mlir, verify_module
 
 
 def generate(n_ops: int) -> str:

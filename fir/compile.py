@@ -6,9 +6,9 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
-from fir.frontend import make_context, verify_module
+from fir.syntax.frontend import make_context, verify_module
 from fir.passes import DISTRIBUTION_PIPELINE, PLAN_PIPELINE, available_passes
-from fir.placement import placed_functions
+from fir.distribution.placement import placed_functions
 
 
 def plan_passes(microbatches: int = 1, order: str = "1f1b") -> list[ModulePass]:
@@ -17,6 +17,17 @@ def plan_passes(microbatches: int = 1, order: str = "1f1b") -> list[ModulePass]:
     options = {"microbatch": {"count": microbatches}, "schedule": {"order": order}}
     names = (("microbatch",) if microbatches > 1 else ()) + DISTRIBUTION_PIPELINE + PLAN_PIPELINE
     return [passes[name]()(**options.get(name, {})) for name in names]
+
+
+def distribute(module: ModuleOp, ctx: Context | None = None) -> ModuleOp:
+    """A partitioned copy of a logical module: sbp-infer, insert-boxing and partition, verified after each."""
+    ctx = ctx or make_context()
+    out = module.clone()
+    passes = available_passes()
+    for name in DISTRIBUTION_PIPELINE:
+        passes[name]()().apply(ctx, out)
+        verify_module(out)
+    return out
 
 
 def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",

@@ -7,7 +7,7 @@ import pytest
 
 from fir.codegen.kernel_ir import Kernel
 from fir.dialects.base import to_tt
-from fir.dtypes import TOLERANCE, numpy_dtype
+from fir.dialects.dtypes import TOLERANCE, numpy_dtype
 from fir.runtime.interpreter import evaluate_op
 from fir.codegen.nvcc import ARCH, KernelReport, compile_cuda, find_nvcc
 from fir.codegen.source import translation_unit

@@ -13,12 +13,13 @@ from xdsl.ir import Block, Region
 from fir.dialects.base import from_tt, to_tt
 from fir.dialects.flow import OPS_BY_NAME
 from fir.dialects.sbp import MESH, SBP, SBP_IN, MeshOp, nd_to_attr
-from fir.distribute import compare, distribute
-from fir.frontend import verify_module
+from fir.compile import distribute
+from fir.runtime.compare import compare
+from fir.syntax.frontend import verify_module
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import run_function
 from fir.runtime.virtual_devices import run_partitioned
-from fir.sbp import NdSbp
+from fir.distribution.sbp import NdSbp
 
 TT = tuple[tuple[int, ...], str]
 

@@ -1,4 +1,4 @@
-"""Tests of fir.boxing (cheapest boxing paths, their bytes, cross-mesh transfers) and
+"""Tests of fir.distribution.boxing (cheapest boxing paths, their bytes, cross-mesh transfers) and
 fir.runtime.collectives (numpy semantics of each collective): every planned path, run step by step on
 scattered data, must hold the same logical tensor after each step."""
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fir.boxing import Step, boxing_cost, boxing_path, step_kind, transfer_cost, transfer_path
-from fir.layout import assemble, broadcast_mismatch, check_nd, scatter
+from fir.distribution.boxing import Step, boxing_cost, boxing_path, step_kind, transfer_cost, transfer_path
+from fir.distribution.layout import assemble, broadcast_mismatch, check_nd, scatter
 from fir.runtime.collectives import all_gather, all_reduce, all_to_all, apply_step, local_slice, reduce_scatter
-from fir.sbp import PMAX, B, Broadcast, Mesh, NdSbp, P, Partial, S
+from fir.distribution.sbp import PMAX, B, Broadcast, Mesh, NdSbp, P, Partial, S
 
 MESH_SHAPES = [(1,), (2,), (3,), (4,), (2, 2), (2, 3), (3, 2)]
 

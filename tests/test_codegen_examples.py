@@ -12,8 +12,8 @@ from fir.codegen.cuda_program import cuda_text, module_code
 from fir.codegen.kernel_ir import Kernel, render_kernel
 from fir.compile import compile_plan
 from fir.dialects.flow import FlowOp
-from fir.frontend import parse_source
-from fir.plan_ir import instructions
+from fir.syntax.frontend import parse_source
+from fir.planning.plan_ir import instructions
 
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "*.fir")))
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from cuda_util import check_against_reference, check_compiles, needs_nvcc, run_kernel
 
-from fir import dtypes
+from fir.dialects import dtypes
 from fir.codegen.kernels import kernel_for
 from fir.codegen.transfer import box_copy_kernel, group_reduce_kernel
 from fir.dialects.base import to_tt
-from fir.frontend import make_context, parse_source
+from fir.syntax.frontend import make_context, parse_source
 from fir.passes.fuse import FusePass
 from fir.runtime.collectives import all_reduce
 from fir.runtime.inputs import random_inputs

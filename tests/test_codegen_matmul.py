@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from xdsl.ir import Block
 
-from fir import dtypes
+from fir.dialects import dtypes
 from fir.codegen.kernel_ir import Kernel, render_kernel
 from fir.codegen.matmul import matmul_kernel, problem_of
 from fir.dialects.base import to_tt

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from xdsl.ir import Block, Operation
 
-from fir import dtypes
+from fir.dialects import dtypes
 from fir.codegen.kernel_ir import Kernel, render_kernel
 from fir.codegen.kernels import EMITTERS
 from fir.codegen.reduction import (

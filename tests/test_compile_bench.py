@@ -14,9 +14,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from compile_bench import compile_model, pipeline  # noqa: E402
 from gpt_model import gpt_program, stage_of_layers  # noqa: E402
 
-from fir.distribute import compare_all, distribute  # noqa: E402
+from fir.compile import distribute  # noqa: E402
+from fir.runtime.compare import compare_all  # noqa: E402
 from fir.dialects.base import to_tt  # noqa: E402
-from fir.frontend import make_context, parse_source  # noqa: E402
+from fir.syntax.frontend import make_context, parse_source  # noqa: E402
 from fir.passes import available_passes  # noqa: E402
 from fir.runtime.inputs import random_inputs  # noqa: E402
 from fir.runtime.interpreter import run_function  # noqa: E402

@@ -11,17 +11,17 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
 
-from fir import cost_model as cm
-from fir.diagnostics import FirError
+from fir.planning import cost_model as cm
+from fir.syntax.diagnostics import FirError
 from fir.dialects.flow import FLOW_OPS
-from fir.fir_printer import print_fir
-from fir.frontend import parse_source
-from fir.hardware import load_hardware, parse_hardware, preset_names
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import parse_source
+from fir.planning.hardware import load_hardware, parse_hardware, preset_names
 from fir.passes.cost_report import CostReportPass
 from fir.passes.insert_boxing import InsertBoxingPass
 from fir.passes.partition import PartitionPass
 from fir.passes.sbp_infer import SbpInferPass
-from fir.placement import int_attr
+from fir.distribution.placement import int_attr
 
 ROOT = Path(__file__).resolve().parent.parent
 NV = load_hardware("h100-nvlink")
@@ -65,7 +65,7 @@ def test_node_of_rejects_devices_the_machine_lacks():
 
 def test_load_by_path_and_unknown_name(tmp_path):
     p = tmp_path / "mine.toml"
-    p.write_text((ROOT / "fir/presets/h100-ib.toml").read_text().replace('name = "h100-ib"', 'name = "mine"'))
+    p.write_text((ROOT / "fir/planning/presets/h100-ib.toml").read_text().replace('name = "h100-ib"', 'name = "mine"'))
     hw = load_hardware(str(p))
     assert hw.name == "mine" and hw.topology.nodes == 4 and hw.source == str(p)
     with pytest.raises(FirError, match="unknown hardware 'h100-pcie'.*h100-ib, h100-nvlink"):
@@ -74,7 +74,7 @@ def test_load_by_path_and_unknown_name(tmp_path):
         load_hardware(str(tmp_path / "missing.toml"))
 
 
-BASE = (ROOT / "fir/presets/h100-nvlink.toml").read_text()
+BASE = (ROOT / "fir/planning/presets/h100-nvlink.toml").read_text()
 
 
 def _line_of(text: str, needle: str) -> int:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fir.compile import compile_plan
-from fir.dtypes import TOLERANCE, dtype_name
-from fir.frontend import parse_source
+from fir.dialects.dtypes import TOLERANCE, dtype_name
+from fir.syntax.frontend import parse_source
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
 

@@ -8,9 +8,9 @@ import pytest
 
 from distributed_util import assert_matches, one_op_module, run_both
 from fir.dialects.flow import FLOW_OPS
-from fir.sbp_rules import nd_signatures
+from fir.distribution.rules import nd_signatures
 from fir.runtime.inputs import random_inputs
-from fir.sbp import format_nd
+from fir.distribution.sbp import format_nd
 
 F32, I32 = "f32", "i32"
 

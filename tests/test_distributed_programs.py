@@ -9,17 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, SymbolRefAttr
 
-from fir import layout
+from fir.distribution import layout
 from fir.dialects.base import to_tt
-from fir.dtypes import TOLERANCE
+from fir.dialects.dtypes import TOLERANCE
 from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import MESH, SBP, MeshOp, nd_to_attr
-from fir.distribute import distribute
-from fir.fir_printer import print_fir
-from fir.frontend import parse_source, verify_module
+from fir.compile import distribute
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import parse_source, verify_module
 from fir.runtime.virtual_devices import run_partitioned
-from fir.sbp import B, P, Partial, S
-from fir.sbp_rules import nd_signatures
+from fir.distribution.sbp import B, P, Partial, S
+from fir.distribution.rules import nd_signatures
 from test_random_programs import SETTINGS, programs, random_inputs, run, the_func
 
 MESH_SHAPES = [(1,), (2,), (3,), (4,), (2, 2), (2, 3), (3, 2)]

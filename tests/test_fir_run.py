@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import erf, log_softmax
 
-from fir.dtypes import TOLERANCE
+from fir.dialects.dtypes import TOLERANCE
 from fir_tools.fir_run import main as fir_run
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -147,7 +147,7 @@ def test_devices_flag(capsys):
 
 def test_check_reports_a_wrong_result(monkeypatch, capsys):
     """--check fails (exit 1, naming the result) when the distributed run disagrees with the reference."""
-    import fir_tools.fir_run as executor
+    import fir.runtime.plan_executor as executor
 
     real = executor.execute_plan
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from xdsl.dialects.builtin import BoolAttr, FileLineColLoc
 
-from fir import dtypes
-from fir.diagnostics import FirError
+from fir.dialects import dtypes
+from fir.syntax.diagnostics import FirError
 from fir.dialects import flow
-from fir.fir_printer import print_fir
-from fir.frontend import detect_syntax, parse_source, verify_module
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import detect_syntax, parse_source, verify_module
 
 SRC = """// header comment
 func.func @f(%x: tensor<2x3xf32>, %w: tensor<3x4xf32>) -> tensor<2x4xf32> {

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_random_programs import SETTINGS, assert_same_results, elementwise_chains, run
 
-from fir.cost_model import op_cost
+from fir.planning.cost_model import op_cost
 from fir.dialects.flow import FusedOp
-from fir.fir_printer import print_fir
-from fir.frontend import make_context, parse_source, verify_module
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.passes.fuse import FusePass
 
 

@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from fir.diagnostics import FirError
-from fir.fir_printer import print_fir
-from fir.frontend import parse_source
+from fir.syntax.diagnostics import FirError
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import parse_source
 from fir_tools import fir_opt, fir_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -678,9 +678,9 @@ import signal  # noqa: E402
 from xdsl.dialects.func import FuncOp  # noqa: E402
 from xdsl.printer import Printer  # noqa: E402
 
-from fir.frontend import make_context, verify_module  # noqa: E402
+from fir.syntax.frontend import make_context, verify_module  # noqa: E402
 from fir.passes import DISTRIBUTION_PIPELINE, available_passes  # noqa: E402
-from fir.placement import DEVICE, OF, symbol_name  # noqa: E402
+from fir.distribution.placement import DEVICE, OF, symbol_name  # noqa: E402
 from fir.runtime.inputs import random_inputs  # noqa: E402
 from fir.runtime.virtual_devices import devices_needed, run_partitioned  # noqa: E402
 

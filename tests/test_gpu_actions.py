@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fir.compile import compile_plan
-from fir.diagnostics import FirError
-from fir.frontend import parse_source
+from fir.syntax.diagnostics import FirError
+from fir.syntax.frontend import parse_source
 from fir.runtime.gpu_actions import ORDERS, BoxCopy, GroupReduce, Wait, lower, run_actions
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function

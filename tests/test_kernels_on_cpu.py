@@ -31,7 +31,7 @@ from test_codegen_examples import EXAMPLES, planned
 
 import fir.codegen.matmul as matmul_mod
 import fir.codegen.source as source_mod
-from fir import dtypes
+from fir.dialects import dtypes
 from fir.codegen.cuda_program import module_code
 from fir.codegen.elementwise import elementwise_kernel
 from fir.codegen.kernel_ir import SYNC, For, If, Kernel, Param, Raw, Stmt, lit, render_kernel

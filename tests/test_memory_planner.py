@@ -1,4 +1,4 @@
-"""fir.memory_planner: valid packings, the bounds, in-place chains, agreement with a brute-force placer, quality
+"""fir.planning.memory_planner: valid packings, the bounds, in-place chains, agreement with a brute-force placer, quality
 on deep-learning-like lifetimes, and speed on a plan-sized trace."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fir import memory_planner as mp
-from fir.memory_planner import ALIGNMENT, ORDERINGS, Buffer, align, clashes, lower_bound, plan_buffers
+from fir.planning import memory_planner as mp
+from fir.planning.memory_planner import ALIGNMENT, ORDERINGS, Buffer, align, clashes, lower_bound, plan_buffers
 
 SETTINGS = dict(deadline=None)
 SIZES = [1, 100, 256, 257, 1000, 4096, 5000, 65536]

@@ -12,15 +12,16 @@ from hypothesis import strategies as st
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, SymbolRefAttr
 from xdsl.dialects.func import FuncOp, ReturnOp
 
-from fir.diagnostics import FirError
+from fir.syntax.diagnostics import FirError
 from fir.dialects.plan import MICRO, MICROBATCH, ARG_ATTRS
 from fir.dialects.sbp import MESH, MeshOp
-from fir.distribute import compare_all, distribute
-from fir.dtypes import TOLERANCE, dtype_name
-from fir.fir_printer import print_fir
-from fir.frontend import make_context, parse_source, verify_module
+from fir.compile import distribute
+from fir.runtime.compare import compare_all
+from fir.dialects.dtypes import TOLERANCE, dtype_name
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.passes.microbatch import MicrobatchPass
-from fir.placement import DEVICE
+from fir.distribution.placement import DEVICE
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
 from fir.runtime.virtual_devices import devices_needed, run_partitioned

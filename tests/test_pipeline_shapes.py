@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from fir.compile import compile_plan
-from fir.distribute import compare_all
-from fir.dtypes import dtype_name
-from fir.frontend import parse_source
+from fir.runtime.compare import compare_all
+from fir.dialects.dtypes import dtype_name
+from fir.syntax.frontend import parse_source
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
 from fir.runtime.plan_executor import execute_plan
-from fir.simulator import simulate
+from fir.planning.simulator import simulate
 
 
 def train_step(stages: list[int], tp: dict[int, int] | None = None, rows: int = 12, width: int = 8,

@@ -5,7 +5,6 @@ buffer, gives wrong numbers (checked by mutating plans)."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,18 +14,19 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Operation
 
-from fir.diagnostics import FirError
+from fir.syntax.diagnostics import FirError
 from fir.dialects.plan import ARENA_SIZE, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
-from fir.distribute import compare_all, distribute
-from fir.dtypes import dtype_name, nbytes, numpy_dtype
-from fir.frontend import make_context, parse_source, verify_module
+from fir.compile import distribute
+from fir.runtime.compare import compare_all
+from fir.dialects.dtypes import dtype_name, nbytes, numpy_dtype
+from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.passes import available_passes
-from fir.placement import placed_functions
-from fir.plan_ir import HappensBefore, event_of, instructions, is_plan, stream_of
+from fir.distribution.placement import placed_functions
+from fir.planning.plan_ir import HappensBefore, event_of, instructions, is_plan, stream_of
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
 from fir.runtime.plan_executor import PlanOrder, execute_plan
-from fir.trace import write_trace
+from fir.planning.trace import write_trace
 
 EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.fir"))
 
@@ -391,9 +391,6 @@ def test_plan_order_sees_cross_device_order():
 
 
 # ----------------------------------------------------------------------------------------------- whole pipeline
-HAVE_PASSES = all(importlib.util.find_spec(f"fir.passes.{m}") is not None for m in ("schedule", "plan_memory"))
-needs_passes = pytest.mark.skipif(not HAVE_PASSES, reason="fir/passes/schedule.py and fir/passes/plan_memory.py "
-                                                          "are not there yet")
 
 
 @functools.lru_cache(maxsize=None)
@@ -418,7 +415,6 @@ def _compile(path: Path, microbatches: int = 1):
     return module, func.sym_name.data, inputs, want, _types(func)
 
 
-@needs_passes
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_matches_the_reference_in_adversarial_and_random_interleavings(path):
     module, entry, inputs, want, types = _compile(path)
@@ -485,7 +481,6 @@ MUTANT_EXAMPLES = [("classifier", 1), ("embedding_classifier", 1), ("pipeline_ml
                    ("pipeline_train_mlp", 4), ("dp_mlp", 1)]
 
 
-@needs_passes
 @pytest.mark.parametrize("stem,microbatches", MUTANT_EXAMPLES, ids=lambda x: str(x))
 def test_dropping_a_needed_event_is_caught(stem, microbatches):
     path = next(p for p in EXAMPLES if p.stem == stem)
@@ -529,7 +524,6 @@ def _live_pair(func: FuncOp) -> tuple[Operation, Operation] | None:
     return None
 
 
-@needs_passes
 @pytest.mark.parametrize("stem", ["mlp", "dp_mlp", "dp_tp_mlp", "pipeline_train_mlp", "pipeline4_train_mlp",
                                   "tp_attention"])
 def test_an_offset_moved_onto_a_live_buffer_is_caught(stem):

@@ -13,19 +13,20 @@ from hypothesis import strategies as st
 from xdsl.dialects.builtin import IntegerAttr
 from xdsl.dialects.func import FuncOp
 
-from fir import plan_ir
+from fir.planning import plan_ir
 from fir.compile import compile_plan, plan_passes
-from fir.diagnostics import FirError
+from fir.syntax.diagnostics import FirError
 from fir.dialects.plan import ARENA_SIZE, OFFSET, StoreOp
-from fir.distribute import distribute
-from fir.dtypes import dtype_name
-from fir.fir_printer import print_fir
-from fir.frontend import make_context, parse_source, verify_module
-from fir.memory_planner import Buffer, clashes
-from fir.passes.plan_memory import PlanMemoryPass, plan_function, verify_memory
+from fir.compile import distribute
+from fir.dialects.dtypes import dtype_name
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import make_context, parse_source, verify_module
+from fir.planning.memory_planner import Buffer, clashes
+from fir.passes.plan_memory import PlanMemoryPass
+from fir.planning.arena import plan_function, verify_memory
 from fir.passes.schedule import SchedulePass
 from fir.passes import DISTRIBUTION_PIPELINE
-from fir.placement import placed_functions, places
+from fir.distribution.placement import placed_functions, places
 from fir.runtime.inputs import random_inputs as func_inputs
 from fir.runtime.interpreter import run_function
 from fir.runtime.plan_executor import execute_plan
@@ -336,7 +337,7 @@ def test_random_programs_through_the_whole_pipeline(worst_random, prog, data, se
 
 def _brute_lifetimes(func: FuncOp) -> list[tuple[int, int]]:
     """The liveness rule of docs/passes/plan-memory.md, by brute force over HappensBefore."""
-    from fir.passes import plan_memory as pm
+    from fir.planning import arena as pm
     ops = plan_ir.instructions(func)
     order = plan_ir.HappensBefore(func)
     pos = {op: i for i, op in enumerate(ops)}
@@ -362,7 +363,7 @@ def _brute_lifetimes(func: FuncOp) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("order", ["gpipe", "1f1b"])
 def test_lifetimes_follow_the_documented_rule(order):
-    from fir.passes import plan_memory as pm
+    from fir.planning import arena as pm
     seen_async = 0
     for path in EXAMPLES:
         module = _example_module(path)
@@ -380,13 +381,13 @@ def test_lifetimes_follow_the_documented_rule(order):
 
 
 def test_planner_buffers_of_a_real_plan_do_not_clash():
-    # The pass's buffers through fir.memory_planner's own checker, on the biggest example.
+    # The pass's buffers through fir.planning.memory_planner's own checker, on the biggest example.
     path = next(p for p in EXAMPLES if p.stem == "tp_attention")
     module = distribute(_example_module(path))
     SchedulePass(order="1f1b").apply(make_context(), module)
     func = _func(module, "attention.dev0")
     rep = plan_function(func)
-    from fir.passes import plan_memory as pm
+    from fir.planning import arena as pm
     ops = plan_ir.instructions(func)
     order = plan_ir.HappensBefore(func)
     bufs = pm._buffers(ops)

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.printer import Printer
 
-from fir.dtypes import TOLERANCE, dtype_name
-from fir.fir_parser import parse_fir
-from fir.fir_printer import print_fir
-from fir.frontend import make_context, parse_source, verify_module
+from fir.dialects.dtypes import TOLERANCE, dtype_name
+from fir.syntax.parser import parse_fir
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.runtime.interpreter import run_function
 
 NP_DTYPE: dict[str, Any] = {
@@ -904,7 +904,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, scale: np.ndarray | None, ex
 @given(programs(return_all=True), st.integers(0, 2**32 - 1))
 def test_each_op_agrees_with_numpy(prog: Program, seed: int):
     """Every op's value (the function returns them all) equals a direct numpy evaluation on the interpreter's
-    own operand values, within fir.dtypes.TOLERANCE (exactly for layout ops, integers, constants and casts)."""
+    own operand values, within fir.dialects.dtypes.TOLERANCE (exactly for layout ops, integers, constants and casts)."""
     module = parse_source(prog.text, "<random>")
     inputs = random_inputs(prog, seed)
     outs = run(module, inputs)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fir import dtypes
+from fir.dialects import dtypes
 from fir.dialects import flow
 from fir.runtime.reference import KERNELS, KernelError, erf, evaluate
 

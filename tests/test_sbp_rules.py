@@ -1,4 +1,4 @@
-"""Tests of fir.sbp_rules: coverage, OneFlow's matmul signatures, a numeric check of every nd-signature of every
+"""Tests of fir.distribution.rules: coverage, OneFlow's matmul signatures, a numeric check of every nd-signature of every
 op (scatter, compute per device, assemble, compare with the logical result), the local rewrites, the exact
 reshape check against a brute-force oracle, and the explanations."""
 
@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fir import dtypes, layout
+from fir.dialects import dtypes
+from fir.distribution import layout
 from fir.dialects import flow
 from fir.runtime.reference import evaluate
-from fir.sbp import B, P, PMAX, Broadcast, Mesh, NdSbp, Partial, S, Split
-from fir.sbp_rules import (
+from fir.distribution.sbp import B, P, PMAX, Broadcast, Mesh, NdSbp, Partial, S, Split
+from fir.distribution.rules import (
     NEEDS_LOCAL_REWRITE,
     NOTES,
     RULES,

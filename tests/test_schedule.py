@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from xdsl.dialects.func import FuncOp
 
-from fir import plan_ir
-from fir.diagnostics import FirError
+from fir.planning import plan_ir
+from fir.syntax.diagnostics import FirError
 from fir.dialects.plan import LoadOp, RecordOp, StoreOp, WaitOp
-from fir.distribute import distribute
-from fir.fir_printer import print_fir
-from fir.frontend import make_context, parse_source, verify_module
-from fir.passes.schedule import SchedulePass, task_order
-from fir.placement import places
+from fir.compile import distribute
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import make_context, parse_source, verify_module
+from fir.passes.schedule import SchedulePass
+from fir.planning.scheduler import task_order
+from fir.distribution.placement import places
 
 EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.fir"))
 

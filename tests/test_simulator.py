@@ -10,10 +10,10 @@ import os
 import pytest
 from xdsl.ir import Operation
 
-from fir.diagnostics import FirError
-from fir.frontend import make_context, parse_source
-from fir.simulator import SimResult, format_report, simulate
-from fir.trace import write_trace
+from fir.syntax.diagnostics import FirError
+from fir.syntax.frontend import make_context, parse_source
+from fir.planning.simulator import SimResult, format_report, simulate
+from fir.planning.trace import write_trace
 
 US = 1e-6
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -294,7 +294,7 @@ def test_trace_is_chrome_trace_json(tmp_path):
 def _hardware(tmp_path, name: str, host_free: bool, links_free: bool) -> str:
     """A copy of the h100-nvlink preset whose host link (and, with links_free, every link and the kernel launch
     overhead) costs nothing; returns its path."""
-    from fir.hardware import load_hardware
+    from fir.planning.hardware import load_hardware
 
     text = open(load_hardware("h100-nvlink").source, encoding="utf-8").read()
     out, section = [], ""
@@ -325,8 +325,7 @@ def free_links(tmp_path_factory) -> str:
 
 def _compile(module, micro: int, order: str):
     """microbatch{count}, sbp-infer, insert-boxing, partition, schedule{order} on a parsed module."""
-    microbatch = pytest.importorskip("fir.passes.microbatch", reason="the microbatch pass is not written yet")
-    schedule = pytest.importorskip("fir.passes.schedule", reason="the schedule pass is not written yet")
+    from fir.passes import microbatch, schedule
     from fir.passes import DISTRIBUTION_PIPELINE, available_passes
 
     ctx = make_context()
@@ -408,10 +407,9 @@ def test_1f1b_keeps_less_in_memory_than_gpipe(free_links):
 PIPELINE4 = os.path.join(EXAMPLES, "pipeline4_train_mlp.fir")
 
 
-@pytest.mark.skipif(not os.path.exists(PIPELINE4), reason="examples/pipeline4_train_mlp.fir is not written yet")
 @pytest.mark.parametrize("micro", [4, 8])
 def test_example_pipeline(free_links, micro):
-    from fir.frontend import load_file
+    from fir.syntax.frontend import load_file
 
     p = 4
     results = {order: simulate(_compile(load_file(PIPELINE4)[0], micro, order), "train_step", free_links)
@@ -485,10 +483,9 @@ func.func @main(%x: {_F32}) -> {_F32} attributes {{schedule = "gpipe", arena_siz
     assert res.devices[0].peak_live_bytes == 32768
 
 
-@pytest.mark.skipif(not os.path.exists(PIPELINE4), reason="examples/pipeline4_train_mlp.fir is not written yet")
 def test_planned_memory_holds_the_simulated_peak():
-    compile_plan = pytest.importorskip("fir.compile", reason="fir.compile is not written yet").compile_plan
-    from fir.frontend import load_file
+    from fir.compile import compile_plan
+    from fir.syntax.frontend import load_file
 
     planned = compile_plan(load_file(PIPELINE4)[0], microbatches=4, order="1f1b")
     res = simulate(planned, "train_step", "h100-nvlink")

@@ -7,9 +7,9 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from fir import files
-from fir.diagnostics import FirError
-from fir.files import decode_utf8
+from fir.syntax import files
+from fir.syntax.diagnostics import FirError
+from fir.syntax.files import decode_utf8
 
 
 def read_text(path: str | None) -> str:

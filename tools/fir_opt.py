@@ -18,9 +18,9 @@ from xdsl.utils.target import Target
 from xdsl.xdsl_opt_main import xDSLOptMain
 
 from fir import __version__
-from fir.diagnostics import FirError
-from fir.fir_printer import print_fir
-from fir.frontend import DIALECTS, parse_source, verify_module
+from fir.syntax.diagnostics import FirError
+from fir.syntax.printer import print_fir
+from fir.syntax.frontend import DIALECTS, parse_source, verify_module
 from fir.passes import available_passes
 from fir_tools.common import guarded_main, read_text, report
 

@@ -25,7 +25,7 @@ from fir.codegen.kernel_ir import (
     float_lit,
     lit,
 )
-from fir.dtypes import numpy_dtype
+from fir.dialects.dtypes import numpy_dtype
 
 THREADS = 256
 # Grid-stride loops use at most this many blocks (enough to fill an H100's 132 SMs many times over).

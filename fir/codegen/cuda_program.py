@@ -18,13 +18,13 @@ from xdsl.ir import Operation, SSAValue
 from fir.codegen.kernel_ir import Kernel, render_kernel
 from fir.codegen.kernels import kernel_for
 from fir.codegen.source import translation_unit
-from fir.diagnostics import FirError, loc_of
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import fmt_tt, to_tt
 from fir.dialects.flow import FlowOp, ReshapeOp
 from fir.dialects.plan import ARENA_SIZE, OFFSET, RecordOp, WaitOp
-from fir.dtypes import nbytes
-from fir.placement import DEVICE, int_value
-from fir.plan_ir import event_of, instructions, is_plan, stream_of
+from fir.dialects.dtypes import nbytes
+from fir.distribution.placement import DEVICE, int_value
+from fir.planning.plan_ir import event_of, instructions, is_plan, stream_of
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fir.codegen import layout, reduction
 from fir.codegen.elementwise import elementwise_kernel
 from fir.codegen.kernel_ir import Kernel
 from fir.codegen.matmul import matmul_kernel
-from fir.diagnostics import FirError, loc_of
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.flow import FUSIBLE_OPS, FusedOp
 
 Emitter = Callable[[str, Operation], Kernel]

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from fir.diagnostics import FirError
+from fir.syntax.diagnostics import FirError
 
 ARCH = "sm_90"
 

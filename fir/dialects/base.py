@@ -14,10 +14,10 @@ from xdsl.ir import Attribute, SSAValue
 from xdsl.irdl import IRDLOperation
 from xdsl.utils.exceptions import VerifyException
 
-from fir import dtypes
-from fir import shape_inference as si
-from fir.attr_schema import AttrError, AttrSpec
-from fir.shape_inference import ShapeError
+from fir.dialects import dtypes
+from fir.dialects import shape_inference as si
+from fir.dialects.attr_schema import AttrError, AttrSpec
+from fir.dialects.shape_inference import ShapeError
 
 # (shape, dtype name): the view of a tensor type that shape rules work on.
 TT = tuple[tuple[int, ...], str]

@@ -28,14 +28,14 @@ from xdsl.dialects.builtin import ArrayAttr, SymbolRefAttr, TensorType
 from xdsl.ir import Dialect
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def
 
-from fir.attr_schema import OPTIONAL, AttrSpec, IntListSpec, IntSpec
-from fir.diagnostics import FirError, loc_of
+from fir.dialects.attr_schema import OPTIONAL, AttrSpec, IntListSpec, IntSpec
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import TT, FirOp, fmt_tt
 from fir.dialects.flow import INT_LIST_PROP, INT_PROP
 from fir.dialects.plan import INSTR_ATTRS
 from fir.dialects.sbp import NdSbpSpec, SymbolSpec
-from fir.sbp import Broadcast, NdSbp, Partial, Sbp, Split, format_nd
-from fir.shape_inference import ShapeError
+from fir.distribution.sbp import Broadcast, NdSbp, Partial, Sbp, Split, format_nd
+from fir.dialects.shape_inference import ShapeError
 
 
 class CommOp(FirOp):

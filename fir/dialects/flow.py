@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, TensorType, i64
-from xdsl.ir import Attribute, Dialect
+from xdsl.ir import Attribute, Dialect, Operation
 from xdsl.irdl import (
     IRDLOperation,
     irdl_op_definition,
@@ -25,12 +25,13 @@ from xdsl.irdl import (
 )
 from xdsl.dialects.builtin import I64, BoolAttr, DenseArrayBase, FloatAttr, IntegerAttr, StringAttr
 from xdsl.traits import HasCanonicalizationPatternsTrait, HasParent, IsolatedFromAbove, IsTerminator, Pure
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 from xdsl.utils.exceptions import VerifyException
 
-from fir import dtypes
-from fir import shape_inference as si
+from fir.dialects import dtypes
+from fir.dialects import shape_inference as si
 from fir.dialects.plan import INSTR_ATTRS
-from fir.attr_schema import (
+from fir.dialects.attr_schema import (
     AttrError,
     AttrSpec,
     BoolSpec,
@@ -40,10 +41,10 @@ from fir.attr_schema import (
     StrSpec,
     format_literal,
 )
-from fir.shape_inference import ShapeError
+from fir.dialects.shape_inference import ShapeError
 from fir.dialects import sbp as sbp_dialect
 from fir.dialects.base import TT, FirOp, fmt_tt, to_tt
-from fir.sbp import Split
+from fir.distribution.sbp import Split
 
 FLOATS = ("f32", "f16", "bf16")
 NUMERIC = ("f32", "f16", "bf16", "i32", "i64")
@@ -94,16 +95,14 @@ def check_distribution_attrs(attrs: dict[str, Attribute], operand_shapes: list, 
 
 # ----------------------------------------------------------------------------------------------- canonicalization
 class _FlowCanonicalization(HasCanonicalizationPatternsTrait):
-    """Looks up the op's canonicalization patterns in fir.canonicalization (imported lazily: it imports us)."""
+    """Looks up the op's canonicalization patterns (`_PATTERNS`, at the end of this file: they name the op classes)."""
 
     @classmethod
     def get_canonicalization_patterns(cls):  # pragma: no cover - the trait API wants it; get_patterns is used
         return ()
 
     def get_patterns(self, op: type[IRDLOperation]):
-        from fir.canonicalization import patterns_for
-
-        return patterns_for(op)
+        return _PATTERNS.get(op, ())
 
 
 _TRAITS = traits_def(Pure(), _FlowCanonicalization())
@@ -720,3 +719,73 @@ FUSIBLE_OPS: tuple[type[FlowOp], ...] = (*ELEMENTWISE_UNARY, *ELEMENTWISE_BINARY
 
 __all__ = [op.__name__ for op in FLOW_OPS] + ["Flow", "FlowOp", "FusedOp", "YieldOp", "OPS_BY_NAME", "dense_value"]
 
+
+# ------------------------------------------------------------------------------ canonicalization patterns
+class _IdentityToInput(RewritePattern):
+    """An op whose result type equals its input type and does nothing (reshape, broadcast_to, cast, full slice,
+    identity transpose, single-operand concat) is replaced by its input."""
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
+        if not isinstance(op, (ReshapeOp, BroadcastToOp, CastOp, TransposeOp, SliceOp,
+                               ConcatOp)):
+            return
+        if len(op.operands) != 1 or op.operands[0].type != op.results[0].type:
+            return
+        if isinstance(op, TransposeOp) and op.attr_values()["perm"] != sorted(op.attr_values()["perm"]):
+            return
+        if isinstance(op, SliceOp):
+            a = op.attr_values()
+            shape = op.operand_tts()[0][0]
+            if any(s != 0 for s in a["start"]) or list(a["limit"]) != list(shape) or any(t != 1 for t in a["stride"]):
+                return
+        rewriter.replace(op, [], [op.operands[0]])
+
+
+class _FoldTransposeChain(RewritePattern):
+    """transpose(transpose(x, p), q) -> transpose(x, p[q])."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: TransposeOp, rewriter: PatternRewriter) -> None:
+        inner = op.input.owner
+        if not isinstance(inner, TransposeOp):
+            return
+        p = inner.attr_values()["perm"]
+        q = op.attr_values()["perm"]
+        new = TransposeOp.make([inner.input], perm=[p[i] for i in q])
+        new.location = op.location
+        rewriter.replace(op, new)
+
+
+class _FoldReshapeChain(RewritePattern):
+    """reshape(reshape(x)) -> reshape(x): only the final shape matters."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ReshapeOp, rewriter: PatternRewriter) -> None:
+        inner = op.input.owner
+        if not isinstance(inner, ReshapeOp):
+            return
+        new = ReshapeOp.make([inner.input], op.result.type)
+        new.location = op.location
+        rewriter.replace(op, new)
+
+
+class _FoldDoubleNeg(RewritePattern):
+    """neg(neg(x)) -> x."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: NegOp, rewriter: PatternRewriter) -> None:
+        inner = op.input.owner
+        if isinstance(inner, NegOp):
+            rewriter.replace(op, [], [inner.input])
+
+
+_IDENTITY = _IdentityToInput()
+_PATTERNS: dict[type[Operation], tuple[RewritePattern, ...]] = {
+    TransposeOp: (_IDENTITY, _FoldTransposeChain()),
+    ReshapeOp: (_IDENTITY, _FoldReshapeChain()),
+    NegOp: (_FoldDoubleNeg(),),
+    BroadcastToOp: (_IDENTITY,),
+    CastOp: (_IDENTITY,),
+    SliceOp: (_IDENTITY,),
+    ConcatOp: (_IDENTITY,),
+}

@@ -27,9 +27,9 @@ from xdsl.ir import Attribute, Dialect
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def
 from xdsl.utils.exceptions import VerifyException
 
-from fir.attr_schema import OPTIONAL, AttrError, AttrSpec, IntListSpec, IntSpec, StrSpec
+from fir.dialects.attr_schema import OPTIONAL, AttrError, AttrSpec, IntListSpec, IntSpec, StrSpec
 from fir.dialects.base import TT, FirOp, fmt_tt, to_tt
-from fir.shape_inference import ShapeError
+from fir.dialects.shape_inference import ShapeError
 
 # The streams of a device: compute kernels, collectives, device-to-device copies (send, recv), host copies.
 STREAMS: tuple[str, ...] = ("compute", "comm", "send", "recv", "h2d", "d2h")

@@ -5,7 +5,7 @@
 * `#sbp.S<axis>`, `#sbp.B`, `#sbp.P<sum|max>` are one mesh axis' SBP; an nd-SBP is an array of them.
 
 Ops, arguments and results carry placement and SBP in their discardable attributes (names below); the
-Python values they hold are fir.sbp's.
+Python values they hold are fir.distribution.sbp's.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from xdsl.printer import Printer
 from xdsl.traits import SymbolOpInterface
 from xdsl.utils.exceptions import VerifyException
 
-from fir.attr_schema import AttrError, AttrSpec, SymbolRef, describe
-from fir.sbp import PARTIAL_OPS, Broadcast, Mesh, NdSbp, Partial, Sbp, SbpSyntaxError, Split, format_nd, nd_from_literal
+from fir.dialects.attr_schema import AttrError, AttrSpec, SymbolRef, describe
+from fir.distribution.sbp import PARTIAL_OPS, Broadcast, Mesh, NdSbp, Partial, Sbp, SbpSyntaxError, Split, format_nd, nd_from_literal
 
 # Discardable attribute names. On a flow op: `sbp` is its result's nd-SBP (a hint when the user writes it),
 # `sbp_in` the nd-SBP its signature needs of each operand, `mesh` its placement, `sbp_cost` the boxing bytes
@@ -238,7 +238,7 @@ class MeshOp(IRDLOperation):
         return tuple(int(x) for x in self.devices.get_values())
 
     def mesh(self) -> Mesh:
-        """The mesh as a fir.sbp.Mesh."""
+        """The mesh as a fir.distribution.sbp.Mesh."""
         return Mesh(self.sym_name.data, self.shape_values(), self.device_values())
 
     @staticmethod

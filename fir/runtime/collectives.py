@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import ml_dtypes
 import numpy as np
 
-from fir.boxing import Step, step_kind
-from fir.layout import piece
-from fir.sbp import Mesh, Sbp
+from fir.distribution.boxing import Step, step_kind
+from fir.distribution.layout import piece
+from fir.distribution.sbp import Mesh, Sbp
 
 _F32 = np.dtype(np.float32)
 _LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))

@@ -22,8 +22,8 @@ from xdsl.dialects.builtin import ModuleOp
 from fir.codegen.kernel_ir import Kernel
 from fir.codegen.prelude import STATUS_EMPTY_MEAN, STATUS_INDEX_OUT_OF_RANGE, STATUS_LABEL_OUT_OF_RANGE
 from fir.codegen.source import translation_unit
-from fir.diagnostics import FirError
-from fir.dtypes import numpy_dtype
+from fir.syntax.diagnostics import FirError
+from fir.dialects.dtypes import numpy_dtype
 from fir.runtime.gpu_actions import (BoxCopy, DeviceToHost, GroupReduce, HostToDevice, LaunchOp, Lowered, Record,
                                      Wait, lower, returned_values)
 from fir.runtime.plan_executor import device_inputs, logical_outputs

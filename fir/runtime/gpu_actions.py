@@ -27,21 +27,21 @@ import numpy as np
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
-from fir import dtypes
+from fir.dialects import dtypes
 from fir.codegen.cuda_program import DeviceCode, Launch, device_code, offset_of
 from fir.codegen.kernel_ir import Kernel
 from fir.codegen.transfer import box_copy_kernel, group_reduce_kernel
-from fir.diagnostics import FirError, loc_of
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import LoadOp, RecordOp, StoreOp, WaitOp
-from fir.layout import piece
-from fir.plan_ir import event_of, instructions, stream_of
+from fir.distribution.layout import piece
+from fir.planning.plan_ir import event_of, instructions, stream_of
 from fir.runtime import collectives
 from fir.runtime.virtual_devices import check_members
 from fir.runtime.interpreter import evaluate_op
-from fir.sbp import Partial, Split
+from fir.distribution.sbp import Partial, Split
 
 Stream = tuple[int, str]  # (device, stream name)
 

@@ -11,11 +11,11 @@ from xdsl.dialects.builtin import TensorType
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import SSAValue, Use
 
-from fir import dtypes
-from fir.diagnostics import FirError
+from fir.dialects import dtypes
+from fir.syntax.diagnostics import FirError
 from fir.dialects import flow, plan
 from fir.dialects.base import to_tt
-from fir.files import Writer
+from fir.syntax.files import Writer
 
 
 def arg_names(func: FuncOp) -> list[str]:
@@ -68,18 +68,24 @@ def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
         raise FirError(f"cannot read inputs '{path}': no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise FirError(f"cannot read inputs '{path}': not a valid .npz file ({e})") from None
+    return bind_inputs(data, func, f"inputs '{path}'")
+
+
+def bind_inputs(data: dict[str, np.ndarray], func: FuncOp, where: str) -> list[np.ndarray]:
+    """The arguments of `func` from arrays keyed by argument name, each checked against its type; `where` names
+    the arrays' origin in errors."""
     names = arg_names(func)
     block = func.body.blocks.first
     assert block is not None
     missing = [n for n in names if n not in data]
     if missing:
-        raise FirError(f"inputs '{path}' lack {', '.join(repr(m) for m in missing)} "
+        raise FirError(f"{where} lack {', '.join(repr(m) for m in missing)} "
                        f"(@{func.sym_name.data} takes {', '.join(names)})")
     extra = [k for k in data if k not in names]
     if extra:
-        raise FirError(f"inputs '{path}' have {', '.join(repr(e) for e in extra)}, which @{func.sym_name.data} "
+        raise FirError(f"{where} have {', '.join(repr(e) for e in extra)}, which @{func.sym_name.data} "
                        f"does not take (it takes {', '.join(names)})")
-    return [_coerce(n, data[n], a.type) for n, a in zip(names, block.args)]
+    return [_coerce(n, np.asarray(data[n]), a.type) for n, a in zip(names, block.args)]
 
 
 def _uses(v: SSAValue) -> Iterator[Use]:

@@ -11,8 +11,8 @@ from xdsl.dialects.func import FuncOp
 from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, register_impls
 from xdsl.interpreters.func import FuncFunctions
 
-from fir import dtypes
-from fir.diagnostics import FirError, SourceLoc, loc_of
+from fir.dialects import dtypes
+from fir.syntax.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.flow import FLOW_OPS, FlowOp, FusedOp
 from fir.runtime.reference import KernelError, evaluate

@@ -37,19 +37,19 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
-from fir import dtypes
-from fir.diagnostics import FirError, loc_of
+from fir.dialects import dtypes
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
-from fir.placement import int_value
-from fir.plan_ir import entry_plans, event_of, instructions, overwritable_operands, stream_of, verify_plan
+from fir.distribution.placement import int_value
+from fir.planning.plan_ir import entry_plans, event_of, instructions, overwritable_operands, stream_of, verify_plan
 from fir.runtime.interpreter import evaluate_op
 from fir.runtime.reference import KernelError
 from fir.runtime.virtual_devices import (check_programs, complete_collective, devices_needed,
                                          gather_results, scatter_inputs)
-from fir.trace import TraceEvent
+from fir.planning.trace import TraceEvent
 
 INTERLEAVINGS: tuple[str, ...] = ("in-order", "random", "adversarial")
 POISON = 0xFF
@@ -522,7 +522,7 @@ def _synchronise(devices: dict[int, _Device]) -> dict[tuple[int, str], int]:
 
 class PlanOrder:
     """Happens-before over all the device plans of one program: stream order, events, and (unlike
-    fir.plan_ir.HappensBefore, which sees one device) the order collectives and send/recv pairs give."""
+    fir.planning.plan_ir.HappensBefore, which sees one device) the order collectives and send/recv pairs give."""
 
     def __init__(self, module: ModuleOp, entry: str):
         plans, _ = entry_plans(module, entry)

@@ -6,7 +6,7 @@ tests can check the distribution passes apart from scheduling and memory plannin
 with another device. A program is a generator that stops at every comm op; the scheduler resumes devices round-robin
 and completes a collective once every member of its group has arrived, moving real copies of the data between the
 devices' memories (fir.runtime.collectives). Sends are buffered; a receive waits for its send. Logical inputs are
-scattered to the devices by their SBP and the results gathered back (fir.layout); the plan executor
+scattered to the devices by their SBP and the results gathered back (fir.distribution.layout); the plan executor
 (fir.runtime.plan_executor) shares that scatter and gather and the collectives' completion.
 """
 
@@ -21,18 +21,19 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import SSAValue
 
-from fir import dtypes, layout
-from fir.diagnostics import FirError, loc_of
+from fir.dialects import dtypes
+from fir.distribution import layout
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import MeshOp, meshes_of
-from fir.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name, value_mesh,
+from fir.distribution.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name, value_mesh,
                            value_sbp)
 from fir.runtime import collectives
 from fir.runtime.interpreter import evaluate_op
 from fir.runtime.reference import KernelError
-from fir.sbp import Mesh, NdSbp, Split, format_nd
+from fir.distribution.sbp import Mesh, NdSbp, Split, format_nd
 
 
 @dataclass

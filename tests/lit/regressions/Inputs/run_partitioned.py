@@ -11,8 +11,8 @@ import sys
 
 from xdsl.dialects.func import FuncOp
 
-from fir.diagnostics import FirError
-from fir.frontend import parse_source
+from fir.syntax.diagnostics import FirError
+from fir.syntax.frontend import parse_source
 from fir.runtime.inputs import random_inputs
 from fir.runtime.virtual_devices import devices_needed, run_partitioned
 

@@ -1,10 +1,10 @@
-"""The .fir frontend: lark parses the text (fir/fir.lark), and this module builds verified xDSL IR from the tree.
+"""The .fir frontend: lark parses the text (fir/syntax/fir.lark), and this module builds verified xDSL IR from the tree.
 
 Each op gets a FileLineColLoc, so later diagnostics (verifier, passes) point back into the source. Result types
 left out in the text are inferred with the op's own rule; result types written in the text are checked against it.
 The module holds sbp.mesh declarations and functions; function bodies hold flow and comm ops (any FirOp, built by
 one generic path from its attribute schema). Placement and SBP annotations on functions, arguments, results and
-flow ops are stored as discardable attributes; the module-level placement check is fir.frontend's.
+flow ops are stored as discardable attributes; the module-level placement check is fir.syntax.frontend's.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, Block, Region, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
-from fir import dtypes
-from fir.attr_schema import AttrError, AttrSpec, Call, Ident, IntListSpec, SymbolRef, describe
-from fir.diagnostics import FirError, SourceLoc
+from fir.dialects import dtypes
+from fir.dialects.attr_schema import AttrError, AttrSpec, Call, Ident, IntListSpec, SymbolRef, describe
+from fir.syntax.diagnostics import FirError, SourceLoc
 from fir.dialects import comm as comm_dialect
 from fir.dialects import flow as flow_dialect
 from fir.dialects import plan as plan_dialect
@@ -32,7 +32,7 @@ from fir.dialects import sbp as sbp_dialect
 from fir.dialects.base import FirOp, fmt_tt, from_tt, to_tt
 from fir.dialects.flow import check_distribution_attrs
 from fir.dialects.sbp import MeshOp
-from fir.shape_inference import ShapeError
+from fir.dialects.shape_inference import ShapeError
 
 # Every op a function body may hold, by name: the flow ops, the comm ops and the plan ops.
 OPS_BY_NAME: dict[str, type[FirOp]] = {**flow_dialect.OPS_BY_NAME, **{op.name: op for op in comm_dialect.COMM_OPS},
@@ -91,7 +91,7 @@ _TERMINAL_NAMES = {
 
 @functools.cache
 def _lark() -> Lark:
-    grammar = files("fir").joinpath("fir.lark").read_text()
+    grammar = files("fir.syntax").joinpath("fir.lark").read_text()
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
@@ -614,7 +614,7 @@ def _dict_array(dicts: list[dict[str, Attribute]]) -> ArrayAttr | None:
 
 
 def _loc_attr(op) -> SourceLoc | None:
-    from fir.diagnostics import loc_of
+    from fir.syntax.diagnostics import loc_of
 
     return loc_of(op.location)
 
@@ -651,7 +651,7 @@ def _syntax_error(e: UnexpectedInput, filename: str, text: str, line_offset: int
 
 def parse_fir(text: str, filename: str = "<input>", line_offset: int = 0) -> ModuleOp:
     """Parse .fir source into a module of sbp.mesh and func.func ops (over flow and comm ops); raise FirError on
-    any bad input. The module-level checks (placement, symbols in MLIR input) are fir.frontend.verify_module's."""
+    any bad input. The module-level checks (placement, symbols in MLIR input) are fir.syntax.frontend.verify_module's."""
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:

@@ -22,14 +22,14 @@ from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Operation, SSAValue
 
-from fir import cost_model
-from fir.diagnostics import FirError, loc_of
+from fir.planning import cost_model
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
-from fir.dtypes import nbytes
-from fir.hardware import Hardware, load_hardware
-from fir.plan_ir import entry_plans, event_of, instructions, stream_of, verify_plan
-from fir.trace import TraceEvent
+from fir.dialects.dtypes import nbytes
+from fir.planning.hardware import Hardware, load_hardware
+from fir.planning.plan_ir import entry_plans, event_of, instructions, stream_of, verify_plan
+from fir.planning.trace import TraceEvent
 
 Durations = Callable[[Operation, int], float]
 
@@ -356,7 +356,7 @@ def _trace_event(ins: _Instr, serial: bool) -> TraceEvent | None:
 
 def simulate(module: ModuleOp, entry: str, hw: Hardware | str | None = None, serial: bool = False,
              durations: Durations | None = None) -> SimResult:
-    """Replay the plans of logical function @entry on hardware `hw` (a fir.hardware.Hardware, a preset name or a
+    """Replay the plans of logical function @entry on hardware `hw` (a fir.planning.hardware.Hardware, a preset name or a
     file path); `durations(op, device)` overrides the cost model; serial=True merges each device's streams into
     one queue in issue order."""
     if isinstance(hw, str):

@@ -1,5 +1,5 @@
 """The hardware model: one kind of device, how many there are per node and node count, and the links between
-them, read from an editable TOML file (docs/hardware.md). Presets live in fir/presets/ as `<name>.toml`.
+them, read from an editable TOML file (docs/hardware.md). Presets live in fir/planning/presets/ as `<name>.toml`.
 
 Units are SI base units throughout: FLOP/s (and integer op/s), bytes, bytes per second, seconds.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from fir.diagnostics import FirError, SourceLoc
-from fir.files import read_text
+from fir.syntax.diagnostics import FirError, SourceLoc
+from fir.syntax.files import read_text
 
 DEFAULT_HARDWARE = "h100-nvlink"
 
@@ -317,7 +317,7 @@ def parse_hardware(text: str, filename: str = "<hardware>") -> Hardware:
 
 
 def _presets_dir():
-    return resources.files("fir").joinpath("presets")
+    return resources.files("fir.planning").joinpath("presets")
 
 
 def preset_names() -> list[str]:

@@ -1,6 +1,6 @@
 """The cost model: FLOPs and HBM bytes of every flow op, a roofline for compute, alpha-beta models of NCCL's
 collectives and of point-to-point and host copies, and the time of any instruction of a device program or plan
-on a hardware model (fir.hardware). docs/hardware.md states every formula and convention.
+on a hardware model (fir.planning.hardware). docs/hardware.md states every formula and convention.
 
 Sizes come from the op's own operand and result types: local types in device programs and plans, logical types
 in a logical program (a logical collective is priced at the local sizes of its mesh's devices).
@@ -17,17 +17,17 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, TensorType
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Attribute, Operation
 
-from fir import dtypes
-from fir import shape_inference as si
-from fir.diagnostics import FirError, loc_of
+from fir.dialects import dtypes
+from fir.dialects import shape_inference as si
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects import comm
 from fir.dialects import plan
 from fir.dialects.base import to_tt
 from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import meshes_of
-from fir.hardware import Hardware
-from fir.layout import local_shape
-from fir.plan_ir import is_host_value, is_plan
+from fir.planning.hardware import Hardware
+from fir.distribution.layout import local_shape
+from fir.planning.plan_ir import is_host_value, is_plan
 
 COLLECTIVE_KINDS: tuple[str, ...] = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "slice")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fir.sbp import Broadcast, Mesh, NdSbp, Partial, Split
+from fir.distribution.sbp import Broadcast, Mesh, NdSbp, Partial, Split
 
 Shape = tuple[int, ...]
 # Per tensor dimension: (offset into the logical dimension, size).

@@ -11,19 +11,19 @@ from xdsl.ir import Attribute, Block, Operation, SSAValue
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError, VerifyException
 
-from fir import layout
-from fir.attr_schema import AttrError, AttrSpec, IntListSpec, IntSpec
-from fir.diagnostics import FirError, SourceLoc, loc_of
+from fir.distribution import layout
+from fir.dialects.attr_schema import AttrError, AttrSpec, IntListSpec, IntSpec
+from fir.syntax.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.base import FirOp
 from fir.dialects.comm import Comm, CommOp
 from fir.dialects.base import to_tt
 from fir.dialects.flow import Flow, FlowOp, FusedOp, YieldOp
 from fir.dialects.plan import Plan, PlanOp
-from fir import plan_ir
+from fir.planning import plan_ir
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
-from fir.fir_parser import ARG_ATTRS, FUNC_ATTRS, RESULT_ATTRS, attr_message, parse_fir
-from fir.sbp import Mesh, NdSbp, Partial, Split, format_nd
-from fir.shape_inference import ShapeError
+from fir.syntax.parser import ARG_ATTRS, FUNC_ATTRS, RESULT_ATTRS, attr_message, parse_fir
+from fir.distribution.sbp import Mesh, NdSbp, Partial, Split, format_nd
+from fir.dialects.shape_inference import ShapeError
 
 # The dialects a fir program may use: builtin and func for its structure, flow for the ops, sbp for meshes and
 # SBP attributes, comm for the data movement that boxing inserts.

@@ -1,4 +1,4 @@
-"""Prints IR in .fir syntax: the exact inverse of fir.fir_parser, with every result type written out.
+"""Prints IR in .fir syntax: the exact inverse of fir.syntax.parser, with every result type written out.
 
 Meshes come first, then the functions; placement and SBP attributes are printed in one canonical order (the
 parser stores them in it too), so printing is a fixed point in both syntaxes."""
@@ -11,13 +11,13 @@ from xdsl.dialects.builtin import DictionaryAttr, ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, Operation, SSAValue
 
-from fir.attr_schema import AttrSpec
-from fir.diagnostics import FirError, loc_of
+from fir.dialects.attr_schema import AttrSpec
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import FirOp
 from fir.dialects.flow import FusedOp, YieldOp
 from fir.dialects.sbp import MeshOp
-from fir.dtypes import format_type
-from fir.fir_parser import ARG_ATTRS, FUNC_ATTRS, OP_ATTR_ORDER, OP_ATTRS, RESULT_ATTRS
+from fir.dialects.dtypes import format_type
+from fir.syntax.parser import ARG_ATTRS, FUNC_ATTRS, OP_ATTR_ORDER, OP_ATTRS, RESULT_ATTRS
 
 
 class ValueNames:

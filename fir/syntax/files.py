@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from typing import IO
 
-from fir.diagnostics import FirError, SourceLoc
+from fir.syntax.diagnostics import FirError, SourceLoc
 
 Writer = Callable[[IO[bytes]], None]
 

@@ -1,4 +1,4 @@
-"""The distribution pipeline as one call, and the check of distributed results against the reference."""
+"""Checking results against the single-device reference, within each dtype's tolerance."""
 
 from __future__ import annotations
 
@@ -6,23 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
 
-from fir import dtypes
-from fir.frontend import make_context, verify_module
-from fir.passes import DISTRIBUTION_PIPELINE, available_passes
-
-
-def distribute(module: ModuleOp, ctx: Context | None = None) -> ModuleOp:
-    """A partitioned copy of a logical module: sbp-infer, insert-boxing and partition, verified after each."""
-    ctx = ctx or make_context()
-    out = module.clone()
-    passes = available_passes()
-    for name in DISTRIBUTION_PIPELINE:
-        passes[name]()().apply(ctx, out)
-        verify_module(out)
-    return out
+from fir.dialects import dtypes
 
 
 @dataclass(frozen=True)
@@ -34,7 +19,7 @@ class Comparison:
 
 
 def compare(got: np.ndarray, want: np.ndarray, dtype: str) -> Comparison:
-    """Compare a result with the single-device reference within the dtype's tolerance (fir.dtypes.TOLERANCE)."""
+    """Compare a result with the single-device reference within the dtype's tolerance (fir.dialects.dtypes.TOLERANCE)."""
     if got.shape != want.shape:
         return Comparison(float("inf"), False)
     rtol, atol = dtypes.TOLERANCE[dtype]

@@ -10,10 +10,10 @@ from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntegerAttr, Module
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Attribute, Operation
 
-from fir.diagnostics import FirError, loc_of
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CommOp
 from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, meshes_of, nd_to_attr
-from fir.sbp import Mesh, NdSbp
+from fir.distribution.sbp import Mesh, NdSbp
 
 
 # Function attributes of a device program (written by partition).

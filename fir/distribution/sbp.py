@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from fir.attr_schema import Call, Ident, describe
+from fir.dialects.attr_schema import Call, Ident, describe
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType,
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 
-from fir.diagnostics import FirError, loc_of
+from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import AllReduceOp, CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, CastOp, FlowOp, ReshapeOp
 from fir.dialects.plan import OFFSET, SCHEDULE, STREAM, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
-from fir.dtypes import nbytes
-from fir.placement import DEVICE, OF, int_value, symbol_name
+from fir.dialects.dtypes import nbytes
+from fir.distribution.placement import DEVICE, OF, int_value, symbol_name
 
 
 def is_plan(func: FuncOp) -> bool:

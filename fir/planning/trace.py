@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fir.dialects.plan import STREAMS
-from fir.files import Writer, write_file
+from fir.syntax.files import Writer, write_file
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A `Signature` is one mesh axis' choice: the SBP of each operand and of the result. Rules are written on the
 LOGICAL shapes (the ops' own attributes, axes possibly negative). `nd_signatures` combines them per mesh axis
-and keeps the combinations that lay out on the mesh (splits nest in mesh-axis order, see fir.layout).
+and keeps the combinations that lay out on the mesh (splits nest in mesh-axis order, see fir.distribution.layout).
 
 Unless `needs_local_rewrite` says otherwise, a signature means: every device runs the same op with the same
 attributes on its local tensors, and the local results, read with the result's nd-SBP, are the logical result.
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fir import layout
-from fir.diagnostics import FirError, loc_of
-from fir.sbp import B, P, PMAX, NdSbp, Partial, S, Sbp, Split, format_nd
+from fir.distribution import layout
+from fir.syntax.diagnostics import FirError, loc_of
+from fir.distribution.sbp import B, P, PMAX, NdSbp, Partial, S, Sbp, Split, format_nd
 
 Shape = tuple[int, ...]
 

@@ -15,9 +15,9 @@ T is the bytes of the tensor one group holds before the step: the local tensor o
 axis a is replaced by B. The bytes are the largest over devices, so T is taken at coordinate 0 of every axis
 (numpy.array_split is front-heavy). Nothing else moves: no step creates a P, and P never becomes P(max).
 
-Splits nest in mesh-axis order (fir.layout), so a step that splits or joins tensor axis d on mesh axis a is
+Splits nest in mesh-axis order (fir.distribution.layout), so a step that splits or joins tensor axis d on mesh axis a is
 only correct when no inner mesh axis b > a splits d too: the group's pieces would otherwise not be contiguous.
-Both ends of every step must be valid layouts (fir.layout.check_nd).
+Both ends of every step must be valid layouts (fir.distribution.layout.check_nd).
 
 `boxing_path` runs Dijkstra over the nd-SBPs reachable this way, minimising (total bytes, number of steps).
 `transfer_path` plans a move between two meshes: steps on the source mesh, one send_recv, steps on the target.
@@ -31,9 +31,9 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from fir.dtypes import numpy_dtype
-from fir.layout import check_nd, max_local_elements
-from fir.sbp import B, Broadcast, NdSbp, Partial, Sbp, Split
+from fir.dialects.dtypes import numpy_dtype
+from fir.distribution.layout import check_nd, max_local_elements
+from fir.distribution.sbp import B, Broadcast, NdSbp, Partial, Sbp, Split
 
 Shape = tuple[int, ...]
 # A path's cost: (total bytes, number of steps), compared lexicographically.
