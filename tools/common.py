@@ -1,4 +1,4 @@
-"""Helpers shared by the fir command-line tools."""
+"""Helpers shared by the fir command-line tools (nothing heavy is imported until it is needed)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fir.syntax import files
-from fir.syntax.diagnostics import FirError
-from fir.syntax.files import decode_utf8
+if TYPE_CHECKING:
+    from fir.syntax.diagnostics import FirError
 
 
 def read_text(path: str | None) -> str:
     """Read a source file (or stdin when path is None or '-'); FirError if it cannot be read."""
+    from fir.syntax import files
+
     if path is None or path == "-":
-        return decode_utf8(sys.stdin.buffer.read(), "<stdin>")
+        return files.decode_utf8(sys.stdin.buffer.read(), "<stdin>")
     return files.read_text(path)
 
 
@@ -37,10 +39,12 @@ def guarded_main(tool: str, body: Callable[[], int]) -> int:
     """Run a tool's body, turning every error into a message and an exit status (never a traceback)."""
     try:
         return body()
-    except FirError as e:
-        report(tool, e)
-        return 1
     except BrokenPipeError:
         return 0
     except Exception as e:
+        from fir.syntax.diagnostics import FirError
+
+        if isinstance(e, FirError):
+            report(tool, e)
+            return 1
         return internal_error(tool, e)

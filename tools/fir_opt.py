@@ -1,163 +1,170 @@
-"""fir-opt: parse a program, run a pass pipeline, print the result (.fir by default, or MLIR generic)."""
+"""fir-opt: parse a program, run a pass pipeline, print the result (.fir by default, MLIR generic, or CUDA C).
+
+Its flags are mlir-opt's and xdsl-opt's: -p, -t, -o, --split-input-file, --verify-diagnostics,
+--print-between-passes, --time-passes, --print-op-generic, --disable-verify. Arguments are parsed before anything
+heavy is imported, so --help and --version answer at once."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+import time
 from io import StringIO
-from typing import IO
-
-from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
-from xdsl.passes import ModulePass, PassPipeline
-from xdsl.printer import Printer
-from xdsl.utils.exceptions import DiagnosticException
-from xdsl.utils.target import Target
-from xdsl.xdsl_opt_main import xDSLOptMain
 
 from fir import __version__
-from fir.syntax.diagnostics import FirError
-from fir.syntax.printer import print_fir
-from fir.syntax.frontend import DIALECTS, parse_source, verify_module
-from fir.passes import available_passes
 from fir_tools.common import guarded_main, read_text, report
 
 SPLIT_MARKER = "// -----"
+TARGETS = ("fir", "mlir", "cuda")
 
 
-@dataclass(frozen=True)
-class FirTarget(Target):
-    """Print in .fir syntax."""
+def _xdsl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    name = "fir"
-
-    def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
-        output.write(print_fir(module))
-
-
-@dataclass(frozen=True)
-class GenericMLIRTarget(Target):
-    """Print in MLIR generic syntax, which fir-opt also reads."""
-
-    name = "mlir"
-
-    def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
-        printer = Printer(stream=output, print_generic_format=True)
-        printer.print_op(module)
-        output.write("\n")
+    try:
+        return version("xdsl")
+    except PackageNotFoundError:
+        return "unknown"
 
 
-@dataclass(frozen=True)
-class CudaTarget(Target):
-    """Print each plan's CUDA translation unit and its launch plan."""
+class _Version(argparse.Action):
+    """--version / -v: print fir's and xDSL's versions and exit."""
 
-    name = "cuda"
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
 
-    def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
-        from fir.codegen.cuda_program import cuda_text
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"fir-opt {__version__} (built on xDSL {_xdsl_version()})")
+        parser.exit()
 
-        output.write(cuda_text(module))
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fir-opt", description="fir-opt: run fir passes over a .fir or MLIR program")
+    p.add_argument("input_file", nargs="?", help="program to read ('-' or nothing for stdin)")
+    p.add_argument("-v", "--version", action=_Version)
+    p.add_argument("-f", "--frontend", choices=["fir", "mlir"],
+                   help="input syntax (default: by extension, else by content)")
+    p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
+                   help="passes to run, in order: 'a,b{option=value},c' (docs/passes/)")
+    p.add_argument("-t", "--target", default="fir", metavar="TARGET",
+                   help=f"output: {', '.join(TARGETS)} (default: fir; cuda prints each plan's kernels and launch plan)")
+    p.add_argument("-o", "--output-file", metavar="FILE", help="write the output here instead of stdout")
+    p.add_argument("--split-input-file", action="store_true",
+                   help=f"process each chunk between '{SPLIT_MARKER}' lines separately")
+    p.add_argument("--verify-diagnostics", action="store_true",
+                   help="print errors into the output instead of failing (for lit tests of diagnostics)")
+    p.add_argument("--print-between-passes", action="store_true", help="print the IR after every pass but the last")
+    p.add_argument("--time-passes", action="store_true",
+                   help="report the time of parsing, every pass, verification and output on stderr")
+    p.add_argument("--print-op-generic", action="store_true", help="print MLIR generic syntax (the same as -t mlir)")
+    p.add_argument("--disable-verify", action="store_true", help="do not verify the IR after each pass")
+    return p
 
 
-class FirOptMain(xDSLOptMain):
-    """xDSLOptMain with fir's dialects, the .fir frontend, fir's passes and the fir/mlir targets."""
+class _Timer:
+    """Wall and CPU time per named step, reported as mlir-opt's --mlir-timing does."""
 
-    version_format = f"fir-opt {__version__} (built on xDSL {{xdsl_version}})"
+    def __init__(self) -> None:
+        self.steps: dict[str, list[float]] = {}
+        self._start = (time.perf_counter(), time.process_time())
 
-    def __init__(self, args: list[str] | None = None):
-        super().__init__(description="fir-opt: run fir passes over a .fir or MLIR program", args=args)
-
-    def register_all_dialects(self) -> None:
-        for dialect in DIALECTS:
-            self.ctx.register_dialect(dialect.name, lambda d=dialect: d)
-
-    def register_all_frontends(self) -> None:
-        # Frontends are chosen in run(): by extension, by -f, or by sniffing stdin.
-        self.available_frontends = {"fir": lambda io: None, "mlir": lambda io: None}  # type: ignore[dict-item]
-
-    def register_all_passes(self) -> None:
-        for name, factory in available_passes().items():
-            self.register_pass(name, factory)
-
-    def register_all_targets(self) -> None:
-        self.available_targets = {"fir": lambda: FirTarget, "mlir": lambda: GenericMLIRTarget,
-                                  "cuda": lambda: CudaTarget}
-
-    def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
-        super().register_all_arguments(arg_parser)
-        arg_parser.set_defaults(target="fir")
-        self._arg_parser = arg_parser
-
-    def setup_pipeline(self) -> None:
-        def between(prev: ModulePass | None, module: ModuleOp, nxt: ModulePass | None) -> None:
-            if not self.args.disable_verify:
-                verify_module(module)
-            if prev is not None and nxt is not None and self.args.print_between_passes:
-                print(f"// IR after {prev.name}:")
-                print(self.output_resulting_program(module))
-
+    def time(self, name: str, fn, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
         try:
-            self.pipeline = PassPipeline.parse_spec(self.available_passes, self.args.passes, between)
-        except BaseException as e:  # xDSL's ArgSpecParseError derives from BaseException
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            self._arg_parser.error(f"argument -p/--passes: {e}")
+            return fn(*args)
+        finally:
+            step = self.steps.setdefault(name, [0.0, 0.0])
+            step[0] += time.perf_counter() - wall
+            step[1] += time.process_time() - cpu
 
-    def output_resulting_program(self, prog: ModuleOp) -> str:
-        out = StringIO()
-        target_cls = self.available_targets[self.args.target]()  # type: ignore[call-arg]
-        target_cls().emit(self.ctx, prog, out)  # type: ignore[operator]
-        return out.getvalue()
+    def report(self) -> str:
+        wall = time.perf_counter() - self._start[0]
+        cpu = time.process_time() - self._start[1]
+        rule = "===" + "-" * 73 + "==="
+        lines = [rule, "Execution time report".center(79), rule,
+                 f"  Total Execution Time: {wall:.4f} seconds ({cpu:.4f} seconds CPU)", "",
+                 "   ----Wall Time----    ----CPU Time----  ----Name----"]
+        for name, (w, c) in self.steps.items():
+            lines.append(f"  {w:8.4f} ({100 * w / wall if wall else 0:5.1f}%)  {c:8.4f} ({100 * c / cpu if cpu else 0:5.1f}%)"
+                         f"  {name}")
+        lines.append(f"  {wall:8.4f} (100.0%)  {cpu:8.4f} (100.0%)  Total")
+        return "\n".join(lines)
 
-    def _syntax(self, name: str, text: str) -> str | None:
-        if self.args.frontend:
-            return self.args.frontend
-        ext = os.path.splitext(name)[1]
-        return {".fir": "fir", ".mlir": "mlir"}.get(ext)  # None: sniff the text
 
-    def run_tool(self) -> int:
-        """Process the input; return the exit status."""
-        name = "<stdin>" if self.args.input_file in (None, "-") else self.args.input_file
-        text = read_text(self.args.input_file)
-        syntax = self._syntax(name, text)
-        chunks = [(text, 0)]
-        if self.args.split_input_file:
-            chunks, line = [], 0
-            for piece in text.split(SPLIT_MARKER):
-                chunks.append((piece, line))
-                line += piece.count("\n")
-        out = StringIO()
-        for i, (chunk, offset) in enumerate(chunks):
-            if i > 0:
-                out.write(SPLIT_MARKER + "\n")
-            try:
-                module = parse_source(chunk, name, syntax, offset, self.ctx)
+def _syntax(args: argparse.Namespace, name: str) -> str | None:
+    if args.frontend:
+        return args.frontend
+    return {".fir": "fir", ".mlir": "mlir"}.get(os.path.splitext(name)[1])  # None: sniff the text
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse arguments, process the input, write the output; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.print_op_generic:
+        args.target = "mlir"
+    if args.target not in TARGETS:
+        parser.error(f"argument -t/--target: invalid choice: '{args.target}' (choose from {', '.join(TARGETS)})")
+    from fir.api import Program
+    from fir.passes import parse_pipeline
+    from fir.syntax.diagnostics import FirError
+    from fir.syntax.frontend import make_context, parse_source, verify_module
+    from xdsl.utils.exceptions import DiagnosticException
+
+    try:
+        passes = parse_pipeline(args.passes) if args.passes else []
+    except FirError as e:
+        parser.error(f"argument -p/--passes: {e.message}")
+    timer = _Timer()
+    name = "<stdin>" if args.input_file in (None, "-") else args.input_file
+    text = read_text(args.input_file)
+    syntax = _syntax(args, name)
+    chunks = [(text, 0)]
+    if args.split_input_file:
+        chunks, line = [], 0
+        for piece in text.split(SPLIT_MARKER):
+            chunks.append((piece, line))
+            line += piece.count("\n")
+    ctx = make_context()
+    out = StringIO()
+    for i, (chunk, offset) in enumerate(chunks):
+        if i > 0:
+            out.write(SPLIT_MARKER + "\n")
+        try:
+            module = timer.time("parse and verify", parse_source, chunk, name, syntax, offset, ctx)
+            for k, p in enumerate(passes):
                 try:
-                    self.pipeline.apply(self.ctx, module)
-                except DiagnosticException as e:
+                    timer.time(p.name, p.apply, ctx, module)
+                except DiagnosticException as e:  # xDSL's passes report errors this way
                     raise FirError(str(e).split("\n")[0]) from None
-                out.write(self.output_resulting_program(module))
-            except FirError as e:
-                if not self.args.verify_diagnostics:
-                    report("fir-opt", e, {name: text})
-                    return 1
-                out.write(e.render({name: text}) + "\n")
-        if self.args.output_file:
-            try:
-                with open(self.args.output_file, "w", encoding="utf-8") as f:
-                    f.write(out.getvalue())
-            except OSError as e:
-                raise FirError(f"cannot write '{self.args.output_file}': {e.strerror}") from None
-        else:
-            sys.stdout.write(out.getvalue())
-        return 0
+                if not args.disable_verify:
+                    timer.time("verify", verify_module, module)
+                if args.print_between_passes and k + 1 < len(passes):
+                    print(f"// IR after {p.name}:")
+                    print(Program(module).text(args.target))
+            out.write(timer.time("output", Program(module).text, args.target))
+        except FirError as e:
+            if not args.verify_diagnostics:
+                report("fir-opt", e, {name: text})
+                return 1
+            out.write(e.render({name: text}) + "\n")
+    if args.output_file:
+        try:
+            with open(args.output_file, "w", encoding="utf-8") as f:
+                f.write(out.getvalue())
+        except OSError as e:
+            raise FirError(f"cannot write '{args.output_file}': {e.strerror}") from None
+    else:
+        sys.stdout.write(out.getvalue())
+    if args.time_passes:
+        print(timer.report(), file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fir-opt command."""
-    return guarded_main("fir-opt", lambda: FirOptMain(argv).run_tool())
+    return guarded_main("fir-opt", lambda: run(argv))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import ml_dtypes
 import numpy as np
 from xdsl.dialects.builtin import (
     BFloat16Type,
@@ -28,14 +27,17 @@ MAX_ELEMENTS = 2**48
 
 _BY_NAME: dict[str, Attribute] = {"f32": f32, "f16": f16, "bf16": bf16, "i32": i32, "i64": i64, "i1": i1}
 
+# bf16's numpy dtype comes from ml_dtypes, which takes most of a second to import: it is loaded on first use.
 _NUMPY: dict[str, np.dtype] = {
     "f32": np.dtype(np.float32),
     "f16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
     "i32": np.dtype(np.int32),
     "i64": np.dtype(np.int64),
     "i1": np.dtype(np.bool_),
 }
+
+# Bytes per element (i1 takes one byte).
+ITEMSIZE: dict[str, int] = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "i1": 1}
 
 # Comparison tolerances (rtol, atol) used when a result is checked against the reference.
 TOLERANCE: dict[str, tuple[float, float]] = {
@@ -68,15 +70,26 @@ def dtype_name(t: Attribute) -> str:
 
 def numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype that holds values of a fir dtype."""
+    if name == "bf16" and name not in _NUMPY:
+        import ml_dtypes
+
+        _NUMPY["bf16"] = np.dtype(ml_dtypes.bfloat16)
     return _NUMPY[name]
 
 
 def dtype_of_numpy(dt: np.dtype) -> str | None:
     """The fir dtype name of a numpy dtype, or None if fir has no such dtype."""
+    if dt.name == "bfloat16":
+        return "bf16"
     for name, npdt in _NUMPY.items():
-        if npdt == dt:
+        if npdt == dt and name != "bf16":
             return name
     return None
+
+
+def is_low_precision(dt: np.dtype) -> bool:
+    """True for f16 and bf16 arrays, which kernels compute in f32 and round back."""
+    return dt == np.float16 or dt.name == "bfloat16"
 
 
 def is_float(name: str) -> bool:
@@ -122,4 +135,4 @@ def nbytes(t: TensorType) -> int:
     n = 1
     for d in t.get_shape():
         n *= d
-    return n * numpy_dtype(dtype_name(t.element_type)).itemsize
+    return n * ITEMSIZE[dtype_name(t.element_type)]

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import ml_dtypes
 import numpy as np
 
+from fir.dialects import dtypes
 from fir.distribution.boxing import Step, step_kind
 from fir.distribution.layout import piece
 from fir.distribution.sbp import Mesh, Sbp
 
 _F32 = np.dtype(np.float32)
-_LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def _reduce(arrays: Sequence[np.ndarray], op: str) -> np.ndarray:
@@ -25,7 +24,7 @@ def _reduce(arrays: Sequence[np.ndarray], op: str) -> np.ndarray:
     if op not in ("sum", "max"):
         raise ValueError(f"unknown reduction {op!r} (expected 'sum' or 'max')")
     dtype = arrays[0].dtype
-    work = _F32 if dtype in _LOW_PRECISION else dtype
+    work = _F32 if dtypes.is_low_precision(dtype) else dtype
     acc = np.array(arrays[0], dtype=work, copy=True)
     for a in arrays[1:]:
         if op == "sum":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 
-import ml_dtypes
 import numpy as np
 from xdsl.dialects.builtin import TensorType
 from xdsl.dialects.func import FuncOp
@@ -45,7 +44,10 @@ def _coerce(name: str, arr: np.ndarray, t: TensorType) -> np.ndarray:
     shape, dt = to_tt(t)
     want = dtypes.numpy_dtype(dt)
     if dt == "bf16" and arr.dtype in (np.dtype(np.uint16), np.dtype("V2")):
-        arr = arr.view(ml_dtypes.bfloat16)  # npz keeps bf16 only as raw 2-byte values
+        arr = arr.view(want)  # npz keeps bf16 only as raw 2-byte values
+    elif dt == "bf16" and arr.dtype == np.float32 and np.array_equal(arr.astype(want).astype(np.float32), arr,
+                                                                      equal_nan=True):
+        arr = arr.astype(want)  # float32 values that bf16 holds exactly (how fir-run writes bf16 arrays)
     if tuple(arr.shape) != shape:
         raise FirError(f"input '{name}' has shape {tuple(arr.shape)} but %{name} is {dtypes.format_type(t)}")
     if arr.dtype != want:
@@ -147,6 +149,6 @@ def random_inputs(func: FuncOp, seed: int) -> list[np.ndarray]:
 def outputs_writer(names: list[str], values: list[np.ndarray]) -> Writer:
     """What writes outputs as an .npz keyed by name (bf16 results stored as float32, exactly, since .npz has no
     bf16 type)."""
-    values = [v.astype(np.float32) if v.dtype == np.dtype(ml_dtypes.bfloat16) else v for v in values]
+    values = [v.astype(np.float32) if v.dtype.name == "bfloat16" else v for v in values]
     return lambda f: np.savez(f, **dict(zip(names, values)))
 

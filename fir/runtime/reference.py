@@ -10,7 +10,7 @@ Backends are checked against `evaluate`. Precision rules, shared by all kernels:
   float32 BLAS (sgemm) accumulation. The erf in exact gelu is evaluated in float64 (see `erf`).
 * Integers compute in their own dtype and wrap on overflow like numpy.
 
-Only numpy and ml_dtypes are used: fir must not need scipy at run time.
+Only numpy (and ml_dtypes, for bf16 arrays) is used: fir must not need scipy at run time.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 Kernel = Callable[[list[np.ndarray], dict[str, Any], tuple[int, ...], np.dtype], np.ndarray]
 
 _F32 = np.dtype(np.float32)
-_LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 class KernelError(Exception):
@@ -33,9 +31,14 @@ class KernelError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _low_precision(dt: np.dtype) -> bool:
+    """f16 and bf16 (ml_dtypes' bfloat16, matched by name so that ml_dtypes loads only when bf16 is used)."""
+    return dt == np.float16 or dt.name == "bfloat16"
+
+
 def _work(x: np.ndarray) -> np.ndarray:
     """The array in its compute dtype: f16/bf16 widen to f32, everything else is unchanged."""
-    return x.astype(_F32) if x.dtype in _LOW_PRECISION else x
+    return x.astype(_F32) if _low_precision(x.dtype) else x
 
 
 def _round(y: Any, dtype: np.dtype) -> np.ndarray:

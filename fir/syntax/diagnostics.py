@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from xdsl.dialects.builtin import FileLineColLoc
-from xdsl.ir import Attribute
+if TYPE_CHECKING:  # xDSL is imported only where a location attribute is made or read: the tools start faster
+    from xdsl.dialects.builtin import FileLineColLoc
+    from xdsl.ir import Attribute
 
 
 @dataclass
@@ -18,13 +20,15 @@ class SourceLoc:
 
     def to_attr(self) -> FileLineColLoc:
         """The xDSL location attribute for this position."""
-        from xdsl.dialects.builtin import IntAttr, StringAttr
+        from xdsl.dialects.builtin import FileLineColLoc, IntAttr, StringAttr
 
         return FileLineColLoc(StringAttr(self.filename), IntAttr(self.line), IntAttr(self.col))
 
 
 def loc_of(attr: Attribute | None) -> SourceLoc | None:
     """The SourceLoc of an xDSL location attribute, or None when it carries no position."""
+    from xdsl.dialects.builtin import FileLineColLoc
+
     if isinstance(attr, FileLineColLoc):
         return SourceLoc(attr.filename.data, attr.line.data, attr.column.data)
     return None

@@ -92,7 +92,25 @@ _TERMINAL_NAMES = {
 @functools.cache
 def _lark() -> Lark:
     grammar = files("fir.syntax").joinpath("fir.lark").read_text()
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=_cache_file())
+
+
+def _cache_file() -> str | bool:
+    """Where lark keeps the built parser tables between runs (building them costs a quarter second of every
+    start): a file in the user's cache folder, named for the lark and Python versions (lark checks the grammar's
+    hash itself). False, so no cache, when that folder cannot be made."""
+    import os
+    import sys
+
+    import lark
+
+    base = os.environ.get("FIR_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fir")
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError:
+        return False
+    return os.path.join(base, f"fir-grammar-lark{lark.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.cache")
 
 
 def _describe_terminal(name: str) -> str:
