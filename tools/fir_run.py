@@ -13,7 +13,7 @@ from fir_tools.common import guarded_main, read_text, report
 # Kept in step with fir.api.BACKENDS, fir.dialects.plan.ORDERS and fir.runtime.plan_executor.INTERLEAVINGS
 # (a test checks), so that --help needs none of those modules.
 BACKENDS = ("numpy", "cuda")
-ORDERS = ("1f1b", "gpipe")
+ORDERS = ("gpipe", "1f1b")
 INTERLEAVINGS = ("in-order", "random", "adversarial")
 
 
@@ -108,7 +108,8 @@ def summarize(name: str, t: str, value) -> str:
         return head + "  (empty)"
     if value.dtype.kind in "fV" or str(value.dtype) == "bfloat16":
         f = flat.astype(np.float64)
-        stats = f"min {f.min():.6g}  max {f.max():.6g}  mean {f.mean():.6g}  std {f.std():.6g}"
+        with np.errstate(all="ignore"):  # statistics of inf and nan are nan, without a warning
+            stats = f"min {f.min():.6g}  max {f.max():.6g}  mean {f.mean():.6g}  std {f.std():.6g}"
         if not np.all(np.isfinite(f)):
             stats += f"  non-finite {int(np.sum(~np.isfinite(f)))}"
     else:

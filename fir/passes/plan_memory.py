@@ -22,8 +22,13 @@ class PlanMemoryPass(ModulePass):
     report: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        for func in op.ops:
-            if not isinstance(func, FuncOp) or not is_plan(func):
+        funcs = [f for f in op.ops if isinstance(f, FuncOp)]
+        if funcs and not any(is_plan(f) for f in funcs):
+            # Not an error (a pipeline may run it on anything), but a silent no-op would puzzle: say why.
+            print("plan-memory: note: no function is an execution plan yet, so nothing was placed; plans come from "
+                  "the schedule pass (-p schedule,plan-memory)", file=sys.stderr)
+        for func in funcs:
+            if not is_plan(func):
                 continue
             if ARENA_SIZE in func.attributes:
                 verify_memory(func)

@@ -26,12 +26,13 @@ def _reduce(arrays: Sequence[np.ndarray], op: str) -> np.ndarray:
     dtype = arrays[0].dtype
     work = _F32 if dtypes.is_low_precision(dtype) else dtype
     acc = np.array(arrays[0], dtype=work, copy=True)
-    for a in arrays[1:]:
-        if op == "sum":
-            np.add(acc, a.astype(work, copy=False), out=acc)
-        else:
-            np.maximum(acc, a.astype(work, copy=False), out=acc)
-    return acc.astype(dtype, copy=False)
+    with np.errstate(all="ignore"):  # an overflow to inf is the result, as on the device
+        for a in arrays[1:]:
+            if op == "sum":
+                np.add(acc, a.astype(work, copy=False), out=acc)
+            else:
+                np.maximum(acc, a.astype(work, copy=False), out=acc)
+        return acc.astype(dtype, copy=False)
 
 
 def all_reduce(arrays: Sequence[np.ndarray], op: str) -> list[np.ndarray]:

@@ -60,6 +60,11 @@ def _coerce(name: str, arr: np.ndarray, t: TensorType) -> np.ndarray:
 def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
     """Read an .npz with one array per argument name; every mismatch is a FirError naming the input."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+            raise FirError(f"cannot read inputs '{path}': not an .npz archive of named arrays (write one with "
+                           "numpy.savez, or let fir-run --save-inputs write one)")
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise FirError(f"cannot read inputs '{path}': a .npy array, not an .npz archive of named arrays "
