@@ -250,9 +250,7 @@ def parse(text: str, filename: str = "<input>", syntax: str | None = None) -> Pr
 
 def load(path: str, syntax: str | None = None) -> Program:
     """Read, parse and verify a program file (`.mlir` files are read as MLIR generic syntax)."""
-    from fir.syntax.files import read_text
+    from fir.syntax.frontend import load_file
 
-    text = read_text(path)
-    if syntax is None and path.endswith(".mlir"):
-        syntax = "mlir"
-    return parse(text, path, syntax)
+    module, text = load_file(path, syntax)
+    return Program(module, path, text)

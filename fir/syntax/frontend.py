@@ -406,11 +406,9 @@ def parse_source(
 
 def load_file(path: str, syntax: str | None = None) -> tuple[ModuleOp, str]:
     """Read, parse and verify a file; returns the module and the source text (for diagnostics)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FirError(f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+    from fir.syntax.files import read_text
+
+    text = read_text(path)  # a bad byte is a located error, as in the tools
     if syntax is None and path.endswith(".mlir"):
         syntax = "mlir"
     return parse_source(text, path, syntax), text
