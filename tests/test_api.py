@@ -63,7 +63,7 @@ def test_bf16_arguments_take_exact_float32_values():
     out = prog.run({"x": np.array([1.0, -2.5, 0.125, 3.0], np.float32)}, check=True)
     assert out.mismatches() == []
     assert out.outputs["y"].astype(np.float32).tolist() == [-1.0, 2.5, -0.125, -3.0]
-    with pytest.raises(FirError, match="has dtype float32 but %x is bf16"):
+    with pytest.raises(FirError, match="float32 values that bf16 does not hold exactly, but %x is bf16"):
         prog.run({"x": np.array([1.0, 1.001, 0.0, 0.0], np.float32)})  # 1.001 is not a bf16 value
 
 

@@ -21,6 +21,7 @@ from fir.compile import distribute
 from fir.dialects.dtypes import dtype_name
 from fir.syntax.printer import print_fir
 from fir.syntax.frontend import make_context, parse_source, verify_module
+from fir.syntax.parser import parse_fir
 from fir.planning.memory_planner import Buffer, clashes
 from fir.passes.plan_memory import PlanMemoryPass
 from fir.planning.arena import plan_function, verify_memory
@@ -222,15 +223,17 @@ def _tampered(text: str, old: str, new: str) -> str:
 ])
 def test_checker_rejects_unsafe_offsets(old, new, message):
     text = _tampered(IN_PLACE, old, new)
-    module = parse_source(text, "bad.fir")
+    module = parse_fir(text, "bad.fir")  # unverified: the pass's own check must catch it
     with pytest.raises(FirError, match=message) as info:
         PlanMemoryPass().apply(make_context(), module)
     assert info.value.loc is not None and info.value.loc.line > 1
+    with pytest.raises(FirError, match=message):  # and so must reading the plan
+        parse_source(text, "bad.fir")
 
 
 def test_checker_rejects_reuse_without_the_event():
     text = _tampered(STORE_REUSE, '  plan.wait {event = 3, stream = "compute"}\n', "")
-    module = parse_source(text, "bad.fir")
+    module = parse_fir(text, "bad.fir")
     with pytest.raises(FirError, match="'flow.broadcast_to' writes \\[0, 4096\\) over bytes of %a \\[0, 4096\\), which "
                                        "'plan.store' \\(line 8\\) reads without being ordered before it"):
         verify_memory(_func(module))
@@ -239,7 +242,7 @@ def test_checker_rejects_reuse_without_the_event():
 def test_checker_rejects_a_missing_offset():
     text = _tampered(CHAIN, ', offset = 4096}', '}')
     with pytest.raises(FirError, match="'flow.slice' defines a device buffer but has no offset"):
-        verify_memory(_func(parse_source(text, "bad.fir")))
+        verify_memory(_func(parse_fir(text, "bad.fir")))
 
 
 # ----------------------------------------------------------------------------------------------- real pipelines

@@ -230,14 +230,14 @@ def test_collectives_in_opposite_orders_deadlock():
 def test_memory_and_micro_batches_in_flight():
     text = f"""
 func.func @main(%x: {_F32}, %y: {_F32}) -> {_F32} attributes {{schedule = "gpipe", arena_size = 65536}} {{
-  %a = plan.load %x {{stream = "h2d", micro = 0}}
-  %b = plan.load %y {{stream = "h2d", micro = 1}}
+  %a = plan.load %x {{stream = "h2d", micro = 0, offset = 0}}
+  %b = plan.load %y {{stream = "h2d", micro = 1, offset = 16384}}
   plan.record {{event = 0, stream = "h2d"}}
   plan.wait {{event = 0, stream = "compute"}}
-  %c = flow.relu %a {{stream = "compute", micro = 0}}
-  %d = flow.relu %b {{stream = "compute", micro = 1}}
-  %f = flow.relu %c {{stream = "compute", micro = 0}}
-  %e = flow.add %f, %d {{stream = "compute"}}
+  %c = flow.relu %a {{stream = "compute", micro = 0, offset = 32768}}
+  %d = flow.relu %b {{stream = "compute", micro = 1, offset = 49152}}
+  %f = flow.relu %c {{stream = "compute", micro = 0, offset = 0}}
+  %e = flow.add %f, %d {{stream = "compute", offset = 16384}}
   plan.record {{event = 1, stream = "compute"}}
   plan.wait {{event = 1, stream = "d2h"}}
   %o = plan.store %e {{stream = "d2h"}}
@@ -478,7 +478,7 @@ func.func @main(%x: {_F32}) -> {_F32} attributes {{schedule = "gpipe", arena_siz
 """
     res = simulate(_plan(text), "main", None, durations=_by_name({"a": 1, "c": 1, "o": 1}))
     assert res.devices[0].peak_live_bytes == 16384  # %c overwrites %a
-    apart = text.replace('"compute", offset = 0', '"compute", offset = 16384')  # arena_size is not checked
+    apart = text.replace('"compute", offset = 0', '"compute", offset = 16384').replace("arena_size = 16384", "arena_size = 32768")
     res = simulate(_plan(apart), "main", None, durations=_by_name({"a": 1, "c": 1, "o": 1}))
     assert res.devices[0].peak_live_bytes == 32768
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,19 @@ def format_float(v: float) -> str:
     return r if any(c in r for c in ".en") else r + ".0"
 
 
+_SPECIAL = re.compile(r'[\\"\x00-\x1f\x7f-\x9f]')
+_NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def quote(v: str, limit: int | None = None) -> str:
+    """A string literal in .fir syntax: quotes and backslashes escaped, control characters as escapes (so that
+    printed text reads back, and no raw control character reaches a terminal or generated source). With
+    `limit`, for messages: at most that many characters of `v`, then an ellipsis."""
+    if limit is not None and len(v) > limit:
+        return quote(v[:limit]) + f"... ({len(v)} characters)"
+    return '"' + _SPECIAL.sub(lambda m: _NAMED.get(m.group(), f"\\u{ord(m.group()):04x}"), v) + '"'
+
+
 def format_literal(v: Any) -> str:
     """Print a Python literal (bool, int, float, str, nested list) in .fir syntax."""
     if isinstance(v, bool):
@@ -76,7 +90,7 @@ def format_literal(v: Any) -> str:
     if isinstance(v, float):
         return format_float(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return quote(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(format_literal(x) for x in v) + "]"
     raise TypeError(f"no .fir literal for {v!r}")
@@ -246,7 +260,7 @@ class StrSpec(AttrSpec):
         if not isinstance(value, str):
             raise AttrError(f"expects {self.kind()}, got {describe(value)}")
         if self.choices and value not in self.choices:
-            raise AttrError(f'must be {self.kind()}, not "{value}"')
+            raise AttrError(f"must be {self.kind()}, not {quote(value, 40)}")
         return StringAttr(value)
 
     def to_python(self, attr: Attribute) -> Any:

@@ -32,6 +32,8 @@ def to_tt(t: Attribute) -> TT:
     except KeyError:
         raise ShapeError(f"unsupported element type {t.element_type}; fir has {', '.join(dtypes.DTYPE_NAMES)}") from None
     shape = tuple(t.get_shape())
+    if len(shape) > dtypes.MAX_RANK:
+        raise ShapeError(f"tensor of rank {len(shape)}: fir accepts ranks up to {dtypes.MAX_RANK}")
     if any(d < 0 for d in shape):
         raise ShapeError("dynamic dimensions ('?') are not supported: fir shapes are static")
     if si.numel(shape) > dtypes.MAX_ELEMENTS:

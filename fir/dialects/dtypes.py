@@ -24,6 +24,8 @@ DTYPE_NAMES = ("f32", "f16", "bf16", "i32", "i64", "i1")
 
 # Largest tensor fir accepts (2^48 elements): far beyond any device, and safe from integer overflow anywhere.
 MAX_ELEMENTS = 2**48
+# Highest tensor rank fir accepts: numpy's limit, and far beyond any model.
+MAX_RANK = 64
 
 _BY_NAME: dict[str, Attribute] = {"f32": f32, "f16": f16, "bf16": bf16, "i32": i32, "i64": i64, "i1": i1}
 

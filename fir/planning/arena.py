@@ -289,6 +289,9 @@ def verify_memory(func: FuncOp) -> None:
         off = _offset_of(op)
         if off is None:
             raise FirError(f"'{op.name}' defines a device buffer but has no offset", loc_of(op.location))
+        if off < 0:
+            raise FirError(f"'{op.name}' buffer at offset {off}: offsets count bytes from the arena's start",
+                           loc_of(op.location))
         if off + b.size > arena_size:
             raise FirError(f"'{op.name}' buffer [{off}, {off + b.size}) does not fit in the arena of "
                            f"{arena_size} bytes", loc_of(op.location))

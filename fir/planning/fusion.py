@@ -32,19 +32,23 @@ def fusion_groups(block: Block) -> list[list[Operation]]:
     for root in reversed(ops):
         if not _fusible(root) or root in grouped:
             continue
-        group = {root}
-        changed = True
-        while changed:  # an op joins once all its users have: a DAG's shared operand waits for its last user
-            changed = False
-            for member in list(group):
-                for v in member.operands:
-                    d = v.owner
-                    if (isinstance(d, Operation) and _fusible(d) and d not in group and d not in grouped
-                            and d.parent_block() is block and dict(d.attributes) == dict(root.attributes)
-                            and all(u.operation in group for u in v.uses)
-                            and all(u.operation in group for r in d.results for u in r.uses)):
-                        group.add(d)
-                        changed = True
+        # An op joins once all its users have (a DAG's shared operand waits for its last user): count, per
+        # candidate, the uses of its results still outside the group, so each use is looked at once.
+        attrs = dict(root.attributes)
+        group, work = {root}, [root]
+        outside: dict[Operation, int] = {}
+        while work:
+            for v in work.pop().operands:
+                d = v.owner
+                if (not isinstance(d, Operation) or d in group or d in grouped or not _fusible(d)
+                        or d.parent_block() is not block):
+                    continue
+                if d not in outside:
+                    outside[d] = sum(1 for r in d.results for _ in r.uses)
+                outside[d] -= 1
+                if outside[d] == 0 and dict(d.attributes) == attrs:
+                    group.add(d)
+                    work.append(d)
         if len(group) > 1:
             grouped |= group
             groups.append(sorted(group, key=position.__getitem__))
@@ -55,11 +59,12 @@ def fuse_group(ops: list[Operation]) -> FusedOp:
     """Replace a group (in block order, root last) by one flow.fused op in the root's place."""
     root = ops[-1]
     members = set(ops)
-    inputs: list[SSAValue] = []
+    seen: dict[SSAValue, None] = {}  # insertion-ordered: inputs in order of first use
     for op in ops:
         for v in op.operands:
-            if v.owner not in members and v not in inputs:
-                inputs.append(v)
+            if v.owner not in members:
+                seen.setdefault(v)
+    inputs = list(seen)
     body = Block(arg_types=[v.type for v in inputs])
     mapping: dict[SSAValue, SSAValue] = dict(zip(inputs, body.args))
     for old, arg in zip(inputs, body.args):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
+from typing import IO
 
 import numpy as np
 from xdsl.dialects.builtin import TensorType
@@ -14,6 +15,7 @@ from fir.dialects import dtypes
 from fir.syntax.diagnostics import FirError
 from fir.dialects import flow, plan
 from fir.dialects.base import to_tt
+from fir.dialects.shape_inference import numel
 from fir.syntax.files import Writer
 
 
@@ -40,58 +42,102 @@ def result_names(func: FuncOp) -> list[str]:
     return names
 
 
+def _dtype_fits(have: np.dtype, dt: str) -> bool:
+    """Whether an array of dtype `have` can be an argument of element type `dt` (see _coerce)."""
+    want = dtypes.numpy_dtype(dt)
+    return have == want or (dt == "bf16" and have in (np.dtype(np.uint16), np.dtype("V2"), np.dtype(np.float32)))
+
+
+def _check(name: str, shape: tuple[int, ...], have: np.dtype, t: TensorType) -> None:
+    """FirError unless an array of this shape and dtype can be argument %name of type t."""
+    want_shape, dt = to_tt(t)
+    if tuple(shape) != want_shape:
+        raise FirError(f"input '{name}' has shape {tuple(shape)} but %{name} is {dtypes.format_type(t)}")
+    if not _dtype_fits(have, dt):
+        want = dtypes.numpy_dtype(dt)
+        raise FirError(f"input '{name}' has dtype {have} but %{name} is {dt}; save it as {want} (e.g. with .astype)")
+
+
 def _coerce(name: str, arr: np.ndarray, t: TensorType) -> np.ndarray:
     shape, dt = to_tt(t)
     want = dtypes.numpy_dtype(dt)
+    _check(name, arr.shape, arr.dtype, t)
     if dt == "bf16" and arr.dtype in (np.dtype(np.uint16), np.dtype("V2")):
         arr = arr.view(want)  # npz keeps bf16 only as raw 2-byte values
-    elif dt == "bf16" and arr.dtype == np.float32 and np.array_equal(arr.astype(want).astype(np.float32), arr,
-                                                                      equal_nan=True):
+    elif dt == "bf16" and arr.dtype == np.float32:
+        if not np.array_equal(arr.astype(want).astype(np.float32), arr, equal_nan=True):
+            raise FirError(f"input '{name}' has dtype float32 values that bf16 does not hold exactly, but %{name} "
+                           f"is bf16; save it as {want} (e.g. with .astype)")
         arr = arr.astype(want)  # float32 values that bf16 holds exactly (how fir-run writes bf16 arrays)
-    if tuple(arr.shape) != shape:
-        raise FirError(f"input '{name}' has shape {tuple(arr.shape)} but %{name} is {dtypes.format_type(t)}")
-    if arr.dtype != want:
-        raise FirError(
-            f"input '{name}' has dtype {arr.dtype} but %{name} is {dt}; save it as {want} (e.g. with .astype)"
-        )
     return np.ascontiguousarray(arr).reshape(shape)
 
 
+def _check_names(have: list[str], func: FuncOp, where: str) -> list[str]:
+    """The argument names of `func`; FirError when `have` lacks one or has one more."""
+    names = arg_names(func)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise FirError(f"{where} lack {', '.join(repr(m) for m in missing)} "
+                       f"(@{func.sym_name.data} takes {', '.join(names)})")
+    extra = [k for k in have if k not in names]
+    if extra:
+        raise FirError(f"{where} have {', '.join(repr(e) for e in extra)}, which @{func.sym_name.data} "
+                       f"does not take (it takes {', '.join(names)})")
+    return names
+
+
+def _read_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from a .npy header, reading nothing of the data."""
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(stream)
+    return tuple(shape), fortran, dtype
+
+
 def load_inputs(path: str, func: FuncOp) -> list[np.ndarray]:
-    """Read an .npz with one array per argument name; every mismatch is a FirError naming the input."""
+    """Read an .npz with one array per argument name; every mismatch is a FirError naming the input. Each
+    array's header is checked against its argument before any of its data is inflated."""
+    where = f"inputs '{path}'"
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
-        if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
-            raise FirError(f"cannot read inputs '{path}': not an .npz archive of named arrays (write one with "
-                           "numpy.savez, or let fir-run --save-inputs write one)")
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise FirError(f"cannot read inputs '{path}': a .npy array, not an .npz archive of named arrays "
+        if magic == b"\x93NUMPY":
+            raise FirError(f"cannot read {where}: a .npy array, not an .npz archive of named arrays "
                            "(write one with numpy.savez)")
-        with loaded as npz:
-            data = {k: npz[k] for k in npz.files}
+        if not magic.startswith(b"PK"):
+            raise FirError(f"cannot read {where}: not an .npz archive of named arrays (write one with "
+                           "numpy.savez, or let fir-run --save-inputs write one)")
+        with zipfile.ZipFile(path) as zf:
+            members = {(i.filename[:-4] if i.filename.endswith(".npy") else i.filename): i for i in zf.infolist()}
+            names = _check_names(list(members), func, where)
+            block = func.body.blocks.first
+            assert block is not None
+            out = []
+            for name, arg in zip(names, block.args):
+                with zf.open(members[name]) as stream:
+                    shape, fortran, dtype = _read_header(stream)
+                    if dtype.hasobject:
+                        raise FirError(f"input '{name}' in {where} holds Python objects, not numbers")
+                    _check(name, shape, dtype, arg.type)
+                    count = numel(shape)
+                    data = np.frombuffer(stream.read(dtype.itemsize * count), dtype)
+                if data.size != count:
+                    raise FirError(f"cannot read {where}: array '{name}' is cut short")
+                arr = data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
+                out.append(_coerce(name, arr, arg.type))
+            return out
     except FileNotFoundError:
-        raise FirError(f"cannot read inputs '{path}': no such file") from None
+        raise FirError(f"cannot read {where}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise FirError(f"cannot read inputs '{path}': not a valid .npz file ({e})") from None
-    return bind_inputs(data, func, f"inputs '{path}'")
+        raise FirError(f"cannot read {where}: not a valid .npz file ({e})") from None
 
 
 def bind_inputs(data: dict[str, np.ndarray], func: FuncOp, where: str) -> list[np.ndarray]:
     """The arguments of `func` from arrays keyed by argument name, each checked against its type; `where` names
     the arrays' origin in errors."""
-    names = arg_names(func)
+    names = _check_names(list(data), func, where)
     block = func.body.blocks.first
     assert block is not None
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise FirError(f"{where} lack {', '.join(repr(m) for m in missing)} "
-                       f"(@{func.sym_name.data} takes {', '.join(names)})")
-    extra = [k for k in data if k not in names]
-    if extra:
-        raise FirError(f"{where} have {', '.join(repr(e) for e in extra)}, which @{func.sym_name.data} "
-                       f"does not take (it takes {', '.join(names)})")
     return [_coerce(n, np.asarray(data[n]), a.type) for n, a in zip(names, block.args)]
 
 

@@ -1,11 +1,14 @@
 """Files in and out. Text is read as UTF-8, with a located error at a bad byte. Output files are written all or
-nothing: each goes to a temporary name in its directory, and all are renamed into place together once every one
-is complete, so an error while writing leaves no half-written file and none of the set (a rename that fails
-midway, which only the file system can cause, leaves the files renamed before it)."""
+nothing: each goes to a temporary name, and all are put into place together once every one is complete (renamed
+over the target, or copied into one that is a device or FIFO, such as /dev/null), so an error while writing leaves
+no half-written file and none of the set (a rename that fails midway, which only the file system can cause,
+leaves the files renamed before it)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import IO
@@ -23,8 +26,10 @@ def decode_utf8(data: bytes, name: str, what: str = "fir sources") -> str:
         before = data[: e.start]
         line = before.count(b"\n") + 1
         col = len(before) - (before.rfind(b"\n") + 1) + 1
+        end = data.find(b"\n", e.start)
+        text = data[before.rfind(b"\n") + 1 : end if end >= 0 else len(data)].decode("utf-8", errors="replace")
         raise FirError(f"invalid UTF-8 byte 0x{data[e.start]:02x}: {what} are UTF-8 text",
-                       SourceLoc(name, line, col)) from None
+                       SourceLoc(name, line, col), line=text) from None
 
 
 def read_text(path: str, what: str = "", kind: str = "fir sources") -> str:
@@ -38,14 +43,25 @@ def read_text(path: str, what: str = "", kind: str = "fir sources") -> str:
 
 
 class PendingFiles:
-    """Files written to temporary names, renamed into place by commit()."""
+    """Files written to temporary names, put into place by commit(). A target that exists and is not a regular
+    file (a device such as /dev/null, a FIFO) is written through at commit instead of replaced; a symbolic link
+    is followed, so the file it names is replaced and the link stays."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[str, str, str]] = []  # (temporary name, path, what it holds)
+        self._pending: list[tuple[str, str, str, bool]] = []  # (temporary name, target, what it holds, through)
 
     def add(self, path: str, what: str, write: Writer) -> None:
         """Write a file's bytes to a temporary name next to `path`; FirError (and nothing left) on failure."""
-        directory = os.path.dirname(os.path.abspath(path))
+        target = os.path.realpath(path)
+        try:
+            mode = os.stat(target).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            self.discard()
+            raise FirError(f"cannot write {what} '{path}': it is a directory")
+        through = mode is not None and not stat.S_ISREG(mode)
+        directory = tempfile.gettempdir() if through else os.path.dirname(target)
         try:
             fd, tmp = tempfile.mkstemp(prefix=".fir-", dir=directory)
         except OSError as e:
@@ -61,22 +77,28 @@ class PendingFiles:
             if isinstance(e, OSError):
                 raise FirError(f"cannot write {what} '{path}': {e.strerror}") from None
             raise
-        self._pending.append((tmp, path, what))
+        self._pending.append((tmp, target, what, through))
 
     def commit(self) -> None:
-        """Rename every written file into place."""
+        """Put every written file into place: renamed over its target, or copied into a non-regular one."""
         pending, self._pending = self._pending, []
-        for k, (tmp, path, what) in enumerate(pending):
+        for k, (tmp, target, what, through) in enumerate(pending):
             try:
-                os.replace(tmp, path)
+                if through:
+                    with open(tmp, "rb") as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    os.unlink(tmp)
+                else:
+                    os.replace(tmp, target)
             except OSError as e:
-                for later, _, _ in pending[k:]:
-                    os.unlink(later)
-                raise FirError(f"cannot write {what} '{path}': {e.strerror}") from None
+                for later, _, _, _ in pending[k:]:
+                    if os.path.exists(later):
+                        os.unlink(later)
+                raise FirError(f"cannot write {what} '{target}': {e.strerror}") from None
 
     def discard(self) -> None:
         """Remove every written file."""
-        for tmp, _, _ in self._pending:
+        for tmp, _, _, _ in self._pending:
             os.unlink(tmp)
         self._pending = []
 

@@ -18,9 +18,10 @@ from fir.dialects.base import FirOp
 from fir.dialects.comm import Comm, CommOp
 from fir.dialects.base import to_tt
 from fir.dialects.flow import Flow, FlowOp, FusedOp, YieldOp
-from fir.dialects.plan import Plan, PlanOp
+from fir.dialects.plan import ARENA_SIZE, INSTR_ATTRS, Plan, PlanOp
 from fir.planning import plan_ir
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
+from fir.syntax.lexical import check_text
 from fir.syntax.parser import ARG_ATTRS, FUNC_ATTRS, RESULT_ATTRS, attr_message, parse_fir
 from fir.distribution.sbp import Mesh, NdSbp, Partial, Split, format_nd
 from fir.dialects.shape_inference import ShapeError
@@ -64,26 +65,9 @@ class _LocatingParser(Parser):
         return op
 
 
-def _check_strings_closed(text: str, filename: str, line_offset: int) -> None:
-    # MLIR strings end on their line; an unclosed one makes xDSL's lexer backtrack exponentially, so catch it first.
-    for i, line in enumerate(text.split("\n")):
-        j, start = 0, None
-        while j < len(line):
-            c = line[j]
-            if start is None and line.startswith("//", j):
-                break
-            if c == '"':
-                start = j if start is None else None
-            elif c == "\\" and start is not None:
-                j += 1
-            j += 1
-        if start is not None:
-            raise FirError("unterminated string", SourceLoc(filename, i + 1 + line_offset, start + 1))
-
-
 def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset: int = 0) -> ModuleOp:
     """Parse MLIR (generic or xDSL custom) text; raise FirError on bad input."""
-    _check_strings_closed(text, filename, line_offset)
+    check_text(text, filename, line_offset)
     parser: _LocatingParser | None = None
     try:
         parser = _LocatingParser(ctx or make_context(), text, filename, line_offset)
@@ -159,8 +143,8 @@ def _check_body(block: Block, allowed: tuple[type, ...], where: str) -> None:
             if v not in defined:
                 raise FirError(f"'{inner.name}' op operand {i} is used before it is defined", loc_of(inner.location))
         if isinstance(inner, FusedOp):
-            if len(inner.body.blocks) != 1:
-                raise FirError("a flow.fused body must have exactly one block", loc_of(inner.location))
+            if len(inner.regions) != 1 or len(inner.regions[0].blocks) != 1:
+                raise FirError("a flow.fused op has one region of exactly one block (its body)", loc_of(inner.location))
             _check_body(inner.body.block, (FlowOp, YieldOp), "a flow.fused body")
         defined.update(inner.results)
 
@@ -171,12 +155,12 @@ def _check_value(spec: AttrSpec, attr: Attribute) -> str | None:
         value = spec.to_python(attr)
     except (VerifyException, AssertionError) as e:
         return str(e) or f"expects {spec.kind()}, got {attr}"
-    if isinstance(spec, (IntValueSpec, IntSpec, IntListSpec)):
-        try:  # integers: exactly the i64 storage (and range) the .fir syntax writes
-            if spec.to_attr(value) != attr:
-                return f"expects {spec.kind()} stored as i64, got {attr}"
-        except AttrError as e:
-            return str(e)
+    try:  # a value the .fir syntax accepts (a string among its choices, a non-negative offset)
+        stored = spec.to_attr(value)
+    except AttrError as e:
+        return str(e)
+    if isinstance(spec, (IntValueSpec, IntSpec, IntListSpec)) and stored != attr:
+        return f"expects {spec.kind()} stored as i64, got {attr}"  # integers: exactly the i64 storage .fir writes
     return None
 
 
@@ -299,8 +283,9 @@ class _Placement:
         where = loc_of(op.location)
         attrs = dict(op.attributes)
         for name in attrs:  # the verifier read these values; their storage must be the .fir one too
-            if name in OP_ATTRS:
-                problem = _check_value(OP_ATTRS[name], attrs[name])
+            spec = OP_ATTRS.get(name) or INSTR_ATTRS.get(name)
+            if spec is not None:
+                problem = _check_value(spec, attrs[name])
                 if problem is not None:
                     raise FirError(attr_message(f"'{op.name}' op attribute '{name}'", problem), where)
         mesh = self.mesh(_symbol(attrs, MESH), op.name, where) or fmesh
@@ -375,6 +360,10 @@ def _check_plans(module: ModuleOp) -> None:
             continue
         if plan_ir.is_plan(func):
             plan_ir.verify_plan(func)
+            if ARENA_SIZE in func.attributes:  # a memory plan, from plan-memory or from elsewhere: is it safe?
+                from fir.planning.arena import verify_memory
+
+                verify_memory(func)
             continue
         for op in func.body.ops:
             if isinstance(op, PlanOp):
@@ -396,11 +385,14 @@ def parse_source(
 ) -> ModuleOp:
     """Parse and verify a program in .fir or MLIR syntax (detected when `syntax` is None)."""
     syntax = syntax or detect_syntax(text)
-    if syntax == "fir":
-        module = parse_fir(text, filename, line_offset)
-    else:
-        module = parse_mlir(text, filename, ctx, line_offset)
-    verify_module(module)
+    try:
+        if syntax == "fir":
+            module = parse_fir(text, filename, line_offset)
+        else:
+            module = parse_mlir(text, filename, ctx, line_offset)
+        verify_module(module)
+    except RecursionError:  # check_text bounds bracket nesting; this is the last line of defence
+        raise FirError("the input nests too deeply to be read", SourceLoc(filename, 1 + line_offset, 1)) from None
     return module
 
 

@@ -25,6 +25,7 @@ from xdsl.utils.exceptions import VerifyException
 from fir.dialects import dtypes
 from fir.dialects.attr_schema import AttrError, AttrSpec, Call, Ident, IntListSpec, SymbolRef, describe
 from fir.syntax.diagnostics import FirError, SourceLoc
+from fir.syntax.lexical import check_text
 from fir.dialects import comm as comm_dialect
 from fir.dialects import flow as flow_dialect
 from fir.dialects import plan as plan_dialect
@@ -72,6 +73,10 @@ def attr_message(what: str, e: Exception | str) -> str:
 _BARE_RESULT_ATTRS = re.compile(r"->\s*tensor<[^>\n]*>\s*\{\s*\Z")
 _VALID_HINT = re.compile(r"[A-Za-z_$.\-][\w$.\-]*")
 _NUMERIC_SUFFIX = re.compile(r"(_\d+)+$")
+
+# Escapes in string literals (the printer writes other control characters as \\uXXXX).
+_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)")
 
 # Human names for grammar terminals in "expected ..." messages.
 _TERMINAL_NAMES = {
@@ -146,6 +151,19 @@ class _Builder:
     def error(self, message: str, node: Token | Tree | None, col_offset: int = 0) -> FirError:
         return FirError(message, self.loc(node, col_offset))
 
+    def string(self, tok: Token) -> str:
+        """A string literal's value: its escapes (format_literal's) replaced, any other character as written."""
+        def unescape(m: re.Match[str]) -> str:
+            e = m.group(1)
+            if e in _ESCAPES:
+                return _ESCAPES[e]
+            if e.startswith("u") and len(e) == 5:
+                return chr(int(e[1:], 16))
+            raise self.error(f"unknown escape '\\{e[0]}' in a string (fir's are \\\\, \\\", \\n, \\t, \\r and "
+                             "\\uXXXX)", tok, m.start() + 1)
+
+        return _ESCAPE.sub(unescape, str(tok)[1:-1])
+
     # -- types -----------------------------------------------------------------------------------------------
     def tensor_type(self, tok: Token) -> TensorType:
         text = str(tok)
@@ -158,6 +176,8 @@ class _Builder:
                 raise self.error(f"unknown element type 'f64': fir has {', '.join(dtypes.DTYPE_NAMES)} and computes in "
                                  "at most 32 bits; write f32 (and convert f64 data with .astype(numpy.float32))", tok, col)
             raise self.error(f"unknown element type '{dt}' (fir has {', '.join(dtypes.DTYPE_NAMES)})", tok, col)
+        if len(dims) > dtypes.MAX_RANK:
+            raise self.error(f"tensor type of rank {len(dims)}: fir accepts ranks up to {dtypes.MAX_RANK}", tok)
         shape: list[int] = []
         col = len("tensor<")
         for d in dims:
@@ -195,7 +215,7 @@ class _Builder:
         if kind == "false_lit":
             return False
         if kind == "str_lit":
-            return bytes(str(kids[0])[1:-1], "utf-8").decode("unicode_escape")
+            return self.string(kids[0])
         if kind == "list_lit":
             return [self.literal(k) for k in kids if k is not None]
         if kind == "symbol_lit":
@@ -673,6 +693,7 @@ def _syntax_error(e: UnexpectedInput, filename: str, text: str, line_offset: int
 def parse_fir(text: str, filename: str = "<input>", line_offset: int = 0) -> ModuleOp:
     """Parse .fir source into a module of sbp.mesh and func.func ops (over flow and comm ops); raise FirError on
     any bad input. The module-level checks (placement, symbols in MLIR input) are fir.syntax.frontend.verify_module's."""
+    check_text(text, filename, line_offset)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
