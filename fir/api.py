@@ -15,14 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp
 
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.syntax.frontend import make_context, parse_source, verify_module
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and the rest load when a program runs: reading and printing one needs none of them
+    import numpy as np
+
     from fir.planning.simulator import SimResult
     from fir.planning.trace import TraceEvent
     from fir.runtime.compare import Comparison

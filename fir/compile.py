@@ -6,6 +6,7 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
+from fir import progress
 from fir.syntax.frontend import make_context, verify_module
 from fir.passes import DISTRIBUTION_PIPELINE, PLAN_PIPELINE, available_passes
 from fir.distribution.placement import placed_functions
@@ -36,9 +37,12 @@ def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",
     module places something on a mesh)."""
     ctx = ctx or make_context()
     out = module.clone()
-    for p in plan_passes(microbatches, order):
-        if p.name in DISTRIBUTION_PIPELINE and not placed_functions(out)[1]:
-            continue
-        p.apply(ctx, out)
-        verify_module(out)
+    passes = [p for p in plan_passes(microbatches, order)
+              if p.name not in DISTRIBUTION_PIPELINE or placed_functions(out)[1]]
+    with progress.task("compile", total=len(passes)) as step:
+        for p in passes:
+            step.note(p.name)
+            p.apply(ctx, out)
+            verify_module(out)
+            step()
     return out

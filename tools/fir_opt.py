@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="report the time of parsing, every pass, verification and output on stderr")
     p.add_argument("--print-op-generic", action="store_true", help="print MLIR generic syntax (the same as -t mlir)")
     p.add_argument("--disable-verify", action="store_true", help="do not verify the IR after each pass")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (shown on a terminal when a step takes over a second)")
     return p
 
 
@@ -98,6 +100,36 @@ def _syntax(args: argparse.Namespace, name: str) -> str | None:
     return {".fir": "fir", ".mlir": "mlir"}.get(os.path.splitext(name)[1])  # None: sniff the text
 
 
+def _process(args: argparse.Namespace, chunk: str, name: str, syntax: str | None, offset: int, ctx, passes,
+             timer: _Timer, out: StringIO) -> None:
+    """Parse one input chunk, run the passes over it and write its output (FirError on a diagnostic)."""
+    from fir import progress
+    from fir.api import Program
+    from fir.syntax.diagnostics import FirError
+    from fir.syntax.frontend import parse_source, verify_module
+    from xdsl.utils.exceptions import DiagnosticException
+
+    with progress.task("fir-opt", total=len(passes) + 2) as step:
+        step.note("parse")
+        module = timer.time("parse and verify", parse_source, chunk, name, syntax, offset, ctx)
+        step()
+        for k, p in enumerate(passes):
+            step.note(p.name)
+            try:
+                timer.time(p.name, p.apply, ctx, module)
+            except DiagnosticException as e:  # xDSL's passes report errors this way
+                raise FirError(str(e).split("\n")[0]) from None
+            if not args.disable_verify:
+                timer.time("verify", verify_module, module)
+            if args.print_between_passes and k + 1 < len(passes):
+                print(f"// IR after {p.name}:")
+                print(Program(module).text(args.target))
+            step()
+        step.note("print")
+        out.write(timer.time("output", Program(module).text, args.target))
+        step()
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse arguments, process the input, write the output; return the exit status."""
     parser = _parser()
@@ -106,16 +138,18 @@ def run(argv: list[str] | None = None) -> int:
         args.target = "mlir"
     if args.target not in TARGETS:
         parser.error(f"argument -t/--target: invalid choice: '{args.target}' (choose from {', '.join(TARGETS)})")
-    from fir.api import Program
-    from fir.passes import parse_pipeline
+    from fir import progress
     from fir.syntax.diagnostics import FirError
-    from fir.syntax.frontend import make_context, parse_source, verify_module
-    from xdsl.utils.exceptions import DiagnosticException
+    from fir.syntax.frontend import make_context
 
-    try:
-        passes = parse_pipeline(args.passes) if args.passes else []
-    except FirError as e:
-        parser.error(f"argument -p/--passes: {e.message}")
+    passes = []
+    if args.passes:  # xdsl.passes, which the pass registry needs, is a tenth of a second to import
+        from fir.passes import parse_pipeline
+
+        try:
+            passes = parse_pipeline(args.passes)
+        except FirError as e:
+            parser.error(f"argument -p/--passes: {e.message}")
     timer = _Timer()
     name = "<stdin>" if args.input_file in (None, "-") else args.input_file
     text = read_text(args.input_file)
@@ -128,33 +162,21 @@ def run(argv: list[str] | None = None) -> int:
             line += piece.count("\n")
     ctx = make_context()
     out = StringIO()
-    for i, (chunk, offset) in enumerate(chunks):
-        if i > 0:
-            out.write(SPLIT_MARKER + "\n")
-        try:
-            module = timer.time("parse and verify", parse_source, chunk, name, syntax, offset, ctx)
-            for k, p in enumerate(passes):
-                try:
-                    timer.time(p.name, p.apply, ctx, module)
-                except DiagnosticException as e:  # xDSL's passes report errors this way
-                    raise FirError(str(e).split("\n")[0]) from None
-                if not args.disable_verify:
-                    timer.time("verify", verify_module, module)
-                if args.print_between_passes and k + 1 < len(passes):
-                    print(f"// IR after {p.name}:")
-                    print(Program(module).text(args.target))
-            out.write(timer.time("output", Program(module).text, args.target))
-        except FirError as e:
-            if not args.verify_diagnostics:
-                report("fir-opt", e, {name: text})
-                return 1
-            out.write(e.render({name: text}) + "\n")
+    with progress.reporting(progress.terminal(args.quiet)):  # a bar on a terminal after a second of work
+        for i, (chunk, offset) in enumerate(chunks):
+            if i > 0:
+                out.write(SPLIT_MARKER + "\n")
+            try:
+                _process(args, chunk, name, syntax, offset, ctx, passes, timer, out)
+            except FirError as e:
+                if not args.verify_diagnostics:
+                    report("fir-opt", e, {name: text})
+                    return 1
+                out.write(e.render({name: text}) + "\n")
     if args.output_file:
-        try:
-            with open(args.output_file, "w", encoding="utf-8") as f:
-                f.write(out.getvalue())
-        except OSError as e:
-            raise FirError(f"cannot write '{args.output_file}': {e.strerror}") from None
+        from fir.syntax.files import write_file
+
+        write_file(args.output_file, "the output", lambda f: f.write(out.getvalue().encode("utf-8")))
     else:
         sys.stdout.write(out.getvalue())
     if args.time_passes:

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"hardware model for --simulate: a preset ({', '.join(preset_names())}; default "
                         f"{DEFAULT_HARDWARE}) or a .toml file")
     p.add_argument("-f", "--frontend", choices=["fir", "mlir"], help="input syntax (default: by extension or content)")
-    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success (and no progress bar)")
     return p
 
 
@@ -148,20 +148,21 @@ def run(argv: list[str] | None = None) -> int:
     name = "<stdin>" if args.input_file == "-" else args.input_file
     text = read_text(args.input_file)
     syntax = args.frontend or ("mlir" if name.endswith(".mlir") else None)
-    from fir import api
+    from fir import api, progress
     from fir.dialects.dtypes import format_type
     from fir.runtime.inputs import outputs_writer
     from fir.syntax.diagnostics import FirError
     from fir.syntax.files import PendingFiles
 
     try:
-        prog = api.parse(text, name, syntax)
-        if args.simulate:
-            return _simulate(prog, args)
-        result = prog.run(args.inputs, seed=args.seed, entry=args.entry, devices=args.devices,
-                          microbatches=args.microbatches, schedule=args.schedule, backend=args.backend,
-                          interleave=args.interleave or "in-order", interleave_seed=args.interleave_seed or 0,
-                          trace=bool(args.trace), check=args.check)
+        with progress.reporting(progress.terminal(args.quiet)):  # a bar on a terminal after a second of work
+            prog = api.parse(text, name, syntax)
+            if args.simulate:
+                return _simulate(prog, args)
+            result = prog.run(args.inputs, seed=args.seed, entry=args.entry, devices=args.devices,
+                              microbatches=args.microbatches, schedule=args.schedule, backend=args.backend,
+                              interleave=args.interleave or "in-order",
+                              interleave_seed=args.interleave_seed or 0, trace=bool(args.trace), check=args.check)
         # Every file is written under a temporary name and renamed into place only once all are written.
         files = PendingFiles()
         if args.save_inputs:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import numpy as np
 from xdsl.dialects.builtin import (
     BFloat16Type,
     Float16Type,
@@ -27,16 +27,15 @@ MAX_ELEMENTS = 2**48
 # Highest tensor rank fir accepts: numpy's limit, and far beyond any model.
 MAX_RANK = 64
 
+if TYPE_CHECKING:
+    import numpy as np
+
 _BY_NAME: dict[str, Attribute] = {"f32": f32, "f16": f16, "bf16": bf16, "i32": i32, "i64": i64, "i1": i1}
 
-# bf16's numpy dtype comes from ml_dtypes, which takes most of a second to import: it is loaded on first use.
-_NUMPY: dict[str, np.dtype] = {
-    "f32": np.dtype(np.float32),
-    "f16": np.dtype(np.float16),
-    "i32": np.dtype(np.int32),
-    "i64": np.dtype(np.int64),
-    "i1": np.dtype(np.bool_),
-}
+# numpy dtypes by name, filled on first use: numpy is not needed to read and print programs (the tools start
+# faster), and bf16's comes from ml_dtypes, which takes most of a second to import.
+_NUMPY: dict[str, np.dtype] = {}
+_NUMPY_NAMES = {"f32": "float32", "f16": "float16", "i32": "int32", "i64": "int64", "i1": "bool"}
 
 # Bytes per element (i1 takes one byte).
 ITEMSIZE: dict[str, int] = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "i1": 1}
@@ -72,10 +71,15 @@ def dtype_name(t: Attribute) -> str:
 
 def numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype that holds values of a fir dtype."""
-    if name == "bf16" and name not in _NUMPY:
-        import ml_dtypes
+    if name not in _NUMPY:
+        import numpy as np
 
-        _NUMPY["bf16"] = np.dtype(ml_dtypes.bfloat16)
+        if name == "bf16":
+            import ml_dtypes
+
+            _NUMPY[name] = np.dtype(ml_dtypes.bfloat16)
+        else:
+            _NUMPY[name] = np.dtype(_NUMPY_NAMES[name])
     return _NUMPY[name]
 
 
@@ -83,15 +87,15 @@ def dtype_of_numpy(dt: np.dtype) -> str | None:
     """The fir dtype name of a numpy dtype, or None if fir has no such dtype."""
     if dt.name == "bfloat16":
         return "bf16"
-    for name, npdt in _NUMPY.items():
-        if npdt == dt and name != "bf16":
+    for name in _NUMPY_NAMES:
+        if numpy_dtype(name) == dt:
             return name
     return None
 
 
 def is_low_precision(dt: np.dtype) -> bool:
     """True for f16 and bf16 arrays, which kernels compute in f32 and round back."""
-    return dt == np.float16 or dt.name == "bfloat16"
+    return dt.name in ("float16", "bfloat16")
 
 
 def is_float(name: str) -> bool:

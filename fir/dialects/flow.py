@@ -7,10 +7,11 @@ verifier (to check the IR after any pass) use, so the two never disagree.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, Float64Type, IntegerType, TensorType, i64
 from xdsl.ir import Attribute, Dialect, Operation
 from xdsl.irdl import (
@@ -470,10 +471,14 @@ class _DenseSpec(AttrSpec):
         et = attr.get_element_type()
         if not isinstance(et, (Float64Type, IntegerType)) or (isinstance(et, IntegerType) and et.width.data != 64):
             raise ShapeError(f"value must be stored as f64 (float results) or i64 (integer results), not {et}")
+        import numpy as np
+
         vals = attr.get_values()
         return np.array(vals, dtype=np.float64 if isinstance(et, Float64Type) else np.int64).reshape(attr.get_shape())
 
     def format(self, value: Any) -> str:
+        import numpy as np
+
         arr = np.asarray(value)
         # A splat needs identical elements, not just equal ones: -0.0 == 0.0.
         if arr.size > 0 and np.all(arr == arr.flat[0]) and np.all(np.signbit(arr) == np.signbit(arr.flat[0])):
@@ -497,10 +502,11 @@ class ConstantOp(FlowOp):
         if declared is None:
             raise ShapeError("flow.constant needs a result type, e.g. `: tensor<2x2xf32>`")
         value = attrs["value"]
-        if isinstance(value, np.ndarray) and (value.dtype == np.float64) != dtypes.is_float(declared[1]):
+        is_array = hasattr(value, "dtype") and hasattr(value, "shape")  # a numpy array (numpy is loaded lazily)
+        if is_array and (value.dtype.name == "float64") != dtypes.is_float(declared[1]):
             want = "f64" if dtypes.is_float(declared[1]) else "i64"
             raise ShapeError(f"value must be stored as {want} elements for a {declared[1]} result")
-        if isinstance(value, np.ndarray) and value.shape != declared[0]:
+        if is_array and value.shape != declared[0]:
             raise ShapeError(f"value has shape {si.fmt_shape(value.shape)} but the result type is {fmt_tt(declared)}")
         return declared
 
@@ -528,6 +534,8 @@ def _nested_shape(value: Any) -> tuple[int, ...] | None:
 
 def dense_value(value: Any, declared: TT) -> DenseIntOrFPElementsAttr:
     """Store a constant literal as a dense f64 (float dtypes) or i64 (int, i1) attribute of the result shape."""
+    import numpy as np
+
     shape, dt = declared
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -574,7 +582,7 @@ class FillOp(FlowOp):
             raise ShapeError("flow.fill needs a result type, e.g. `: tensor<4x4xf32>`")
         v = attrs["value"]
         if not dtypes.is_float(declared[1]):
-            if not (np.isfinite(v) and float(v).is_integer()):
+            if not (math.isfinite(v) and float(v).is_integer()):
                 raise ShapeError(f"value {v} is not an integer, but the result dtype is {declared[1]}")
             _check_int_range(int(v), declared[1])
         return declared

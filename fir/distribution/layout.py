@@ -7,10 +7,12 @@ functions are the single definition of the layout that the partition pass, the b
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fir.distribution.sbp import Broadcast, Mesh, NdSbp, Partial, Split
+
+if TYPE_CHECKING:  # numpy is imported where it is used: reading and printing programs need none of it
+    import numpy as np
 
 Shape = tuple[int, ...]
 # Per tensor dimension: (offset into the logical dimension, size).
@@ -77,6 +79,8 @@ def _index(block: Block) -> tuple[slice, ...]:
 
 def identity(op: str, dtype: np.dtype):
     """The neutral element of a partial reduction: 0 for sum, the lowest value for max."""
+    import numpy as np
+
     if op == "sum":
         return 0
     if np.issubdtype(dtype, np.integer):
@@ -87,6 +91,8 @@ def identity(op: str, dtype: np.dtype):
 def scatter(value: np.ndarray, nd: NdSbp, mesh: Mesh) -> dict[int, np.ndarray]:
     """Each device's local tensor of a logical value: its block, with partial axes holding the value on
     index 0 of the mesh axis and the reduction's identity elsewhere."""
+    import numpy as np
+
     out = {}
     for coord in mesh.coords():
         local = value[_index(local_block(value.shape, nd, mesh.shape, coord))]
@@ -100,6 +106,8 @@ def scatter(value: np.ndarray, nd: NdSbp, mesh: Mesh) -> dict[int, np.ndarray]:
 def assemble(locals_: dict[int, np.ndarray], nd: NdSbp, mesh: Mesh, shape: Shape, dtype: np.dtype) -> np.ndarray:
     """The logical tensor from every device's local tensor: blocks placed, partial axes reduced, broadcast
     axes read from index 0 (`broadcast_mismatch` checks the other copies)."""
+    import numpy as np
+
     ops = {s.op for s in nd if isinstance(s, Partial)}
     acc: dict[Block, np.ndarray] = {}
     for coord in mesh.coords():
@@ -125,6 +133,8 @@ def assemble(locals_: dict[int, np.ndarray], nd: NdSbp, mesh: Mesh, shape: Shape
 
 def broadcast_mismatch(locals_: dict[int, np.ndarray], nd: NdSbp, mesh: Mesh) -> int | None:
     """A device whose copy of a broadcast value differs from the copy at index 0, or None when all agree."""
+    import numpy as np
+
     for coord in mesh.coords():
         ref = tuple(0 if isinstance(s, Broadcast) else c for s, c in zip(nd, coord))
         if ref != coord:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from fir.distribution import layout
 from fir.syntax.diagnostics import FirError, loc_of
@@ -367,9 +366,9 @@ def _freeze(v: Any) -> Any:
         return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
     if isinstance(v, (list, tuple)):
         return tuple(_freeze(x) for x in v)
-    if isinstance(v, np.ndarray):
+    if hasattr(v, "tobytes") and hasattr(v, "shape"):  # a numpy array (numpy is not imported to check)
         return ("ndarray", v.dtype.str, v.shape, v.tobytes())
-    if isinstance(v, np.generic):
+    if hasattr(v, "item") and hasattr(v, "dtype"):  # a numpy scalar
         return v.item()
     return v
 

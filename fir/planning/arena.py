@@ -87,12 +87,13 @@ def _buffers(ops: list[Operation]) -> list[_Buf]:
         for r in op.results:
             if not isinstance(r.type, TensorType):
                 raise FirError(f"'{op.name}' makes a {r.type}, not a tensor", loc_of(op.location))
-            readers, returned = [], False
+            readers: dict[Operation, None] = {}  # insertion-ordered, and linear in a weight's thousands of readers
+            returned = False
             for use in r.uses:
                 if isinstance(use.operation, ReturnOp):
                     returned = True
-                elif use.operation not in readers:
-                    readers.append(use.operation)
+                else:
+                    readers.setdefault(use.operation)
             out.append(_Buf(r, nbytes(r.type), [op, *readers], returned))
     return out
 

@@ -22,6 +22,7 @@ from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Operation, SSAValue
 
+from fir import progress
 from fir.planning import cost_model
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
@@ -164,12 +165,14 @@ class _Replay:
     def run(self) -> None:
         """Advance every queue until all are done or none can move."""
         all_queues = [q for qs in self.queues.values() for q in qs.values()]
-        progress = True
-        while progress:
-            progress = False
-            for q in all_queues:
-                while q.head() is not None and self._step(q):
-                    progress = True
+        moved = True
+        with progress.task("simulate", total=sum(len(q.instrs) for q in all_queues)) as step:
+            while moved:
+                moved = False
+                for q in all_queues:
+                    while q.head() is not None and self._step(q):
+                        moved = True
+                        step()
         blocked = [q for q in all_queues if q.head() is not None]
         if blocked:
             raise self._deadlock(blocked)

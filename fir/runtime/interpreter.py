@@ -9,6 +9,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import SSAValue
 
+from fir import progress
 from fir.dialects import dtypes
 from fir.syntax.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.base import to_tt
@@ -61,13 +62,17 @@ def run_function(module: ModuleOp, func: FuncOp, inputs: Sequence[np.ndarray]) -
     block = func.body.blocks.first
     assert block is not None
     env: dict[SSAValue, np.ndarray] = dict(zip(block.args, inputs))
-    for op in block.ops:
-        if isinstance(op, ReturnOp):
-            return [env[v] for v in op.operands]
-        if not isinstance(op, FlowOp):
-            raise FirError(f"the reference interpreter runs flow ops only, not '{op.name}'", loc_of(op.location))
-        try:
-            env[op.results[0]] = evaluate_op(op, [env[v] for v in op.operands])
-        except KernelError as e:
-            raise FirError(str(e), loc_of(op.location)) from None
+    ops = list(block.ops)
+    with progress.task("reference", total=sum(not isinstance(op, ReturnOp) for op in ops)) as step:
+        for op in ops:
+            if isinstance(op, ReturnOp):
+                return [env[v] for v in op.operands]
+            if not isinstance(op, FlowOp):
+                raise FirError(f"the reference interpreter runs flow ops only, not '{op.name}'",
+                               loc_of(op.location))
+            try:
+                env[op.results[0]] = evaluate_op(op, [env[v] for v in op.operands])
+            except KernelError as e:
+                raise FirError(str(e), loc_of(op.location)) from None
+            step()
     raise FirError(f"@{func.sym_name.data} has no func.return", loc_of(func.location))

@@ -37,6 +37,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
+from fir import progress
 from fir.dialects import dtypes
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
@@ -573,25 +574,27 @@ def execute_plan(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_d
     engine = _Engine(devices, data=True)
     result = PlanRun(outputs=[], arena_size={d: len(dev.arena) for d, dev in devices.items()})
     t0 = time.perf_counter()
-    while engine.remaining:
-        cands = engine.candidates()
-        if not cands:
-            raise engine.stuck()
-        if adversary is not None:
-            chosen = adversary.choose(cands, engine)
-        elif interleaving == "random":
-            chosen = cands[int(rng.integers(len(cands)))]
-        else:
-            chosen = cands[0]
-        start = time.perf_counter() - t0
-        engine.run(chosen)
-        end = time.perf_counter() - t0
-        if adversary is not None:
-            adversary.ran(chosen)
-        for m in chosen:
-            result.order.append((m.device, m.stream, m.pos))
-            if trace:
-                result.events.append(_trace_event(m, start, end))
+    with progress.task("run", total=engine.remaining) as step:
+        while engine.remaining:
+            cands = engine.candidates()
+            if not cands:
+                raise engine.stuck()
+            if adversary is not None:
+                chosen = adversary.choose(cands, engine)
+            elif interleaving == "random":
+                chosen = cands[int(rng.integers(len(cands)))]
+            else:
+                chosen = cands[0]
+            start = time.perf_counter() - t0
+            engine.run(chosen)
+            end = time.perf_counter() - t0
+            if adversary is not None:
+                adversary.ran(chosen)
+            for m in chosen:
+                result.order.append((m.device, m.stream, m.pos))
+                if trace:
+                    result.events.append(_trace_event(m, start, end))
+            step(len(chosen))
     engine.finish()
     outs = {d: [dev.host[v] for v in dev.returned] for d, dev in devices.items()}
     result.outputs = logical_outputs(module, entry, plans, partitioned, outs)
