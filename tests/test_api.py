@@ -82,3 +82,17 @@ def test_compile_refuses_microbatches_with_nothing_to_split():
     prog = api.load(os.path.join(EXAMPLES, "mlp.fir"))
     with pytest.raises(FirError, match="nothing to split"):
         prog.compile(microbatches=2)
+
+
+def test_low_precision_check_allows_rounding_of_cancelled_partial_sums():
+    from fir.runtime.compare import compare
+
+    want = np.array([340.0, 1.765625, -12.0], dtype=np.float32)
+    # Two bf16 partial sums of about 235 cancelling: one ulp of them (1.0) lands on the small element.
+    near = np.array([340.0, 2.0, -12.0], dtype=np.float32)
+    assert compare(near, want, "bf16").ok
+    assert not compare(near, want, "f32").ok  # f32 keeps its element-wise tolerance
+    # Beyond two units of rounding of the largest magnitude (2 * 2^-7 * 340 = 5.3): a real error.
+    wrong = np.array([340.0, 8.0, -12.0], dtype=np.float32)
+    assert not compare(wrong, want, "bf16").ok
+    assert not compare(np.array([340.0, 1.765625, -20.0], dtype=np.float32), want, "bf16").ok
