@@ -16,6 +16,7 @@ from xdsl.dialects.func import FuncOp
 from fir.planning import plan_ir
 from fir.compile import compile_plan, plan_passes
 from fir.syntax.diagnostics import FirError
+from fir.dialects.comm import CommOp
 from fir.dialects.plan import ARENA_SIZE, OFFSET, StoreOp
 from fir.compile import distribute
 from fir.dialects.dtypes import dtype_name
@@ -360,7 +361,11 @@ def _brute_lifetimes(func: FuncOp) -> list[tuple[int, int]]:
             later = [pos[j] for j in ops[pos[a] + 1:] if plan_ir.stream_of(j) != plan_ir.stream_of(a)
                      and order.before(a, j)]
             end = max(end, min(later) if later else pos[a])
-        out.append((start, end))
+        # Past every definer that does not already wait for each cross-device instruction an accessor waits for.
+        cross = {c for c in ops if isinstance(c, CommOp) and any(c is a or order.before(c, a) for a in b.accessors)}
+        unsafe = [pos[j] for j in ops if j.results and not isinstance(j, StoreOp)
+                  and not all(order.before(c, j) for c in cross)]
+        out.append((start, max([end, *unsafe]) if cross else end))
     return out
 
 

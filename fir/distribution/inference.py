@@ -9,6 +9,7 @@ are constraints. The chosen signature is written on the op as `sbp`, `sbp_in` an
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 from xdsl.dialects.builtin import ArrayAttr
@@ -19,10 +20,11 @@ from fir.distribution.boxing import boxing_path, transfer_path
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.flow import FlowOp
-from fir.dialects.sbp import SBP, SBP_COST, SBP_IN, OP_ATTRS, nd_to_attr
+from fir.dialects.sbp import MESH, SBP, SBP_COST, SBP_IN, OP_ATTRS, nd_to_attr
+from fir.distribution.layout import check_nd
 from fir.distribution.placement import (arg_attrs, func_mesh, int_attr, layout_attrs, lookup_mesh, op_mesh,
-                                        res_attrs, set_arg_attrs, set_res_attrs, value_mesh, value_sbp)
-from fir.distribution.sbp import B, Mesh, NdSbp, Partial, format_nd
+                                        res_attrs, set_arg_attrs, set_res_attrs, symbol_name, value_mesh, value_sbp)
+from fir.distribution.sbp import B, Mesh, NdSbp, Partial, S, format_nd
 from fir.distribution.rules import NdSignature, nd_signatures, require_rule, why_invalid
 
 # Where a value lives: its mesh and its nd-SBP there.
@@ -50,6 +52,22 @@ def _candidate_text(sig: NdSignature) -> str:
     return f"({ins}) -> {format_nd(sig.out)}" if sig.ins else f"() -> {format_nd(sig.out)}"
 
 
+def _moved_layout(src: Layout, dest: Mesh, tt: tuple[tuple[int, ...], str]) -> NdSbp:
+    """The layout on `dest` that a value moves to most cheaply (a result placed on another mesh than the one that
+    computes it): splits and broadcasts only, so a partial value is reduced before it moves; the producer's own
+    layout wins a tie."""
+    shape, dtype = tt
+    choices = [B, *(S(k) for k in range(len(shape)))]
+    best: tuple[float, bool, NdSbp] | None = None
+    for nd in itertools.product(choices, repeat=len(dest.shape)):
+        if check_nd(shape, nd, dest.shape) is not None:
+            continue
+        key = (conversion(src, (dest, nd), shape, dtype)[0], nd != src[1], nd)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return best[2] if best is not None else (B,) * len(dest.shape)
+
+
 def infer_function(func: FuncOp, meshes: dict[str, Mesh], report: bool) -> None:
     layouts: dict[SSAValue, Layout] = {}
     block = func.body.blocks.first
@@ -65,10 +83,16 @@ def infer_function(func: FuncOp, meshes: dict[str, Mesh], report: bool) -> None:
     for op in block.ops:
         if isinstance(op, ReturnOp):
             results = res_attrs(func)
-            for v, d in zip(op.operands, results):
+            for i, (v, d) in enumerate(zip(op.operands, results)):
                 mesh, nd = layouts[v]
-                if value_sbp(d) is None:
+                if value_sbp(d) is not None:
+                    continue
+                own = symbol_name(d.get(MESH))
+                if own is None or own == mesh.name:  # a result stays where it is computed unless placed elsewhere
                     d.update(layout_attrs(nd, None if mesh.name == func_mesh(func) else mesh.name))
+                else:
+                    dest = lookup_mesh(meshes, own, f"result {i} of @{func.sym_name.data}", func)
+                    d.update(layout_attrs(_moved_layout((mesh, nd), dest, to_tt(v.type))))
             set_res_attrs(func, results)
             continue
         if not isinstance(op, FlowOp):

@@ -44,7 +44,7 @@ def check_nd(shape: Shape, nd: NdSbp, mesh_shape: Sequence[int]) -> str | None:
         if isinstance(s, Split) and s.axis >= len(shape):
             return f"{s} names axis {s.axis} but the tensor has rank {len(shape)}"
     for axis, parts in enumerate(split_parts(shape, nd, mesh_shape)):
-        if parts > shape[axis]:
+        if parts > 1 and parts > shape[axis]:  # an unsplit axis may be empty: the tensor is then empty everywhere
             return f"axis {axis} has {shape[axis]} elements, fewer than the {parts} pieces it is split into"
     return None
 

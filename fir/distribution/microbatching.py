@@ -226,6 +226,7 @@ class _Stitcher:
         for i, (local, arg) in enumerate(zip(dev_block.args, self.block.args)):
             local.replace_all_uses_with(self.slice(arg, i, k) if i in self.axes else arg)
         outs: list[SSAValue] = []
+        kept: list[tuple[Operation, Operation | None]] = []
         for op in list(dev_block.ops):
             if isinstance(op, ReturnOp):
                 outs = list(op.operands)
@@ -238,11 +239,13 @@ class _Stitcher:
                 dev_block.erase_op(op)
                 continue
             op.detach()
-            self.place(op, origin, k, computes=origin is not None and bool(origin.results)
-                       and builder.values.get(origin.results[0]) is op.results[0])
-            self.ops.append(op)
+            kept.append((op, origin))
             if same:
                 self.shared[origin] = op.results[0]
+        targets = _hint_targets(builder, kept)
+        for op, origin in kept:
+            self.place(op, origin, k, computes=op in targets)
+            self.ops.append(op)
         return outs
 
     def _same_in_every_micro_batch(self, op: Operation, origin: Operation | None) -> bool:
@@ -272,9 +275,8 @@ class _Stitcher:
 
     def place(self, op: Operation, origin: Operation | None, k: int, computes: bool) -> None:
         """Tag an op of micro-batch k with k and its logical op's placement (a slice made by boxing: that of the
-        value it reads), and keep the logical op's SBP hints on the op that computes its value (`computes`): its
-        `sbp`, and its `sbp_in` when that op is of the logical op's kind (partition may finish a value with
-        another op, e.g. the scaling of a mean over a split axis)."""
+        value it reads), and keep the logical op's SBP hints on the op `_hint_targets` chose (`computes`): its
+        `sbp`, and its `sbp_in` when that op is of the logical op's kind."""
         logical = self.op_of.get(origin) if origin is not None else None
         mesh = logical.attributes.get(MESH) if logical is not None else self.mesh[op.operands[0]]
         if logical is not None and computes:
@@ -303,6 +305,25 @@ class _Stitcher:
             op.attributes[MESH] = mesh
         if op.results:
             self.mesh[op.results[0]] = mesh
+
+
+def _hint_targets(builder: DeviceBuilder, kept: list[tuple[Operation, Operation | None]]) -> set[Operation]:
+    """The op that takes each logical op's SBP hints in a micro-batch: the one computing its value, or, when a
+    finishing op computes it (a mean's scaling by its micro-batch's share), the last op of the logical op's own
+    kind (the local mean), so that the hint constrains the computation and the scaling follows its layout."""
+    by_origin: dict[Operation, list[Operation]] = {}
+    for op, origin in kept:
+        if origin is not None:
+            by_origin.setdefault(origin, []).append(op)
+    targets = set()
+    for origin, ops in by_origin.items():
+        value = builder.values.get(origin.results[0]) if origin.results else None
+        computing = next((op for op in ops if value is not None and value in op.results), None)
+        if computing is None:
+            continue
+        same_kind = [op for op in ops if op.name == origin.name]
+        targets.add(computing if computing.name == origin.name or not same_kind else same_kind[-1])
+    return targets
 
 
 def _hint(value: SSAValue, suffix: str | None = None) -> str | None:

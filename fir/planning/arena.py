@@ -5,7 +5,9 @@ except `plan.store`'s (a host tensor) is a device buffer of `nbytes` of its type
 positions, runs from its defining instruction to its last accessor, widened for the asynchronous streams
 (every stream but `compute`): an accessor there keeps the buffer until the first later instruction on another
 stream that happens after it (else until the accessor itself), and a definer there starts it at the first
-earlier-issued instruction of another stream that it may run alongside. An elementwise flow op (see
+earlier-issued instruction of another stream that it may run alongside; and it lasts at least to the last
+definer not ordered after every cross-device instruction its accessors are or wait for (so reuse never makes a
+definer wait for another device: no wait cycle across devices). An elementwise flow op (see
 `overwritable_operands`) may write its result over an operand whose lifetime ends at it, when every other
 accessor of the operand happens before it. fir/planning/memory_planner.py places the buffers; the pass writes `offset`
 on every buffer-defining instruction and `arena_size` on the function.
@@ -33,6 +35,7 @@ from xdsl.ir import Operation, SSAValue
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.plan import ARENA_SIZE, FUNC_ATTRS, INSTR_ATTRS, OFFSET, RecordOp, StoreOp, WaitOp
 from fir.dialects.base import to_tt
+from fir.dialects.comm import CommOp
 from fir.dialects.dtypes import nbytes, numpy_dtype
 from fir.planning.memory_planner import Buffer, MemoryPlan, plan_buffers
 from fir.planning.plan_ir import (HappensBefore, instructions, next_event, overwritable_operands, record_after,
@@ -118,6 +121,19 @@ class _Overlap:
             touch = np.array([len(ops) if isinstance(o, (RecordOp, WaitOp)) else order.position[o] for o in xs],
                              dtype=np.int64)
             self.next_access[t] = np.minimum.accumulate(touch[::-1])[::-1] if len(xs) else touch
+        # Per stream that defines device buffers: the positions and clocks of those definers.
+        self.definers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for t, xs in by_stream.items():
+            ds = [o for o in xs if o.results and not isinstance(o, StoreOp)]
+            if ds:
+                self.definers[t] = (np.array([order.position[o] for o in ds], dtype=np.int64),
+                                    np.array([order.start[o] for o in ds], dtype=np.int64).reshape(len(ds), n))
+        # Per stream, after its first k instructions: the 1-based index of the last cross-device one among them.
+        self.cross_prefix: dict[str, np.ndarray] = {}
+        for t, xs in by_stream.items():
+            marks = np.array([i + 1 if isinstance(o, CommOp) else 0 for i, o in enumerate(xs)], dtype=np.int64)
+            self.cross_prefix[t] = np.concatenate([[0], np.maximum.accumulate(marks)]) if len(xs) else np.zeros(1,
+                                                                                                         np.int64)
 
     def first_unordered(self, op: Operation) -> int:
         """The position of the first instruction on another stream, issued before `op`, that touches a buffer and
@@ -129,6 +145,28 @@ class _Overlap:
             if t != s and k < len(self.next_access[t]):
                 best = min(best, int(self.next_access[t][k]))
         return best
+
+    def cross_safe_end(self, accessors: list[Operation]) -> int:
+        """The position of the last buffer definer not known to start after every cross-device instruction (a
+        comm op: a send, a recv or a collective) that one of `accessors` is or waits for (-1: none). A buffer
+        lives at least to there: a later definer may take its bytes, and the events that reuse adds then make
+        it wait for nothing on another device that it did not wait for already, so the memory plan can never
+        close a wait cycle across devices."""
+        need = np.zeros(len(self.col), dtype=np.int64)
+        for x in accessors:
+            s = stream_of(x)
+            for t, c in self.col.items():
+                k = self.order.index[x] if t == s else self.order.start[x][c]  # x itself counts on its stream
+                need[c] = max(need[c], int(self.cross_prefix[t][k]))
+        if not need.any():
+            return -1
+        end = -1
+        for pos, known in self.definers.values():
+            # A stream's clock only grows: the definers on it before the first that knows all of `need` do not.
+            i = max(int(np.searchsorted(known[:, c], need[c], side="left")) for c in range(len(need)) if need[c])
+            if i:
+                end = max(end, int(pos[i - 1]))
+        return end
 
     def settled(self, op: Operation) -> int:
         """The position of the first later instruction on another stream that happens after `op` (binary search
@@ -154,7 +192,7 @@ def _lifetimes(bufs: list[_Buf], ops: list[Operation], order: HappensBefore) -> 
     for b in bufs:
         definer = b.accessors[0]
         start = pos[definer] if stream_of(definer) == COMPUTE else overlap.first_unordered(definer)
-        end = pos[definer]
+        end = max(pos[definer], overlap.cross_safe_end(b.accessors))
         for a in b.accessors:
             end = max(end, pos[a] if stream_of(a) == COMPUTE else overlap.settled(a))
         if b.returned:
