@@ -113,10 +113,11 @@ class Program:
         return Program(module, self.filename, self.source)
 
     def compile(self, entry: str | None = None, microbatches: int | None = None,
-                schedule: str | None = None) -> Program:
+                schedule: str | None = None, verify_each: bool | None = None) -> Program:
         """The entry function compiled to execution plans, in a program of its own: micro-batching when asked,
-        distribution when it is placed on a mesh, then fuse, schedule and plan-memory. A plan is returned as
-        it is (after its memory is checked)."""
+        distribution when it is placed on a mesh, then fuse, schedule and plan-memory, verified at the end (after
+        every pass with `verify_each`; default FIR_VERIFY_EACH). A plan is returned as it is (after its memory
+        is checked)."""
         from fir.compile import compile_plan
         from fir.dialects.plan import ARENA_SIZE
         from fir.dialects.sbp import MeshOp
@@ -138,7 +139,8 @@ class Program:
             raise FirError(f"--microbatches {microbatches}: no argument of @{func.sym_name.data} is marked "
                            "`microbatch = axis`, so there is nothing to split", loc_of(func.location))
         alone = ModuleOp([op.clone() for op in self.module.ops if isinstance(op, MeshOp)] + [func.clone()])
-        return Program(compile_plan(alone, microbatches or 1, schedule or "1f1b"), self.filename, self.source)
+        return Program(compile_plan(alone, microbatches or 1, schedule or "1f1b", verify_each=verify_each),
+                       self.filename, self.source)
 
     # ------------------------------------------------------------------------------------------- inputs
     def random_inputs(self, seed: int = 0, entry: str | None = None) -> dict[str, np.ndarray]:
@@ -174,7 +176,8 @@ class Program:
     def run(self, inputs: Mapping[str, np.ndarray] | str | None = None, *, seed: int | None = None,
             entry: str | None = None, devices: int | None = None, microbatches: int | None = None,
             schedule: str | None = None, backend: str = "numpy", interleave: str = "in-order",
-            interleave_seed: int = 0, trace: bool = False, check: bool = False) -> RunResult:
+            interleave_seed: int = 0, trace: bool = False, check: bool = False,
+            verify_each: bool | None = None) -> RunResult:
         """Compile the entry function and run exactly its plans; `inputs` by argument name (a dict of arrays or
         an .npz path; random from `seed` when absent). `check` compares every result with the reference."""
         from fir.dialects import dtypes
@@ -190,7 +193,7 @@ class Program:
         name = func.sym_name.data
         try:
             args = self._bind(func, inputs, seed)
-            planned = self.compile(name, microbatches, schedule).module
+            planned = self.compile(name, microbatches, schedule, verify_each).module
             n = devices or devices_needed(planned)
             check_devices(planned, n)
             if backend == "cuda":
@@ -219,14 +222,16 @@ class Program:
         return result
 
     def simulate(self, *, entry: str | None = None, hardware: str | None = None, microbatches: int | None = None,
-                 schedule: str | None = None) -> SimResult:
+                 schedule: str | None = None, verify_each: bool | None = None) -> SimResult:
         """Replay the entry function's plans on a hardware model (a preset name or a .toml path) and time them."""
+        from fir.distribution.placement import device_count
         from fir.planning.hardware import DEFAULT_HARDWARE, load_hardware
         from fir.planning.simulator import simulate
 
         func = self.function(entry)
-        hw = load_hardware(hardware or DEFAULT_HARDWARE)
-        return simulate(self.compile(func.sym_name.data, microbatches, schedule).module, func.sym_name.data, hw)
+        planned = self.compile(func.sym_name.data, microbatches, schedule, verify_each).module
+        hw = load_hardware(hardware or DEFAULT_HARDWARE, device_count(planned))
+        return simulate(planned, func.sym_name.data, hw)
 
 
 def _check_runs_alone(func: FuncOp) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
@@ -31,18 +33,28 @@ def distribute(module: ModuleOp, ctx: Context | None = None) -> ModuleOp:
     return out
 
 
+def verify_each_default() -> bool:
+    """Whether compiles verify the IR after every pass when not told: FIR_VERIFY_EACH=1 (the tests set it)."""
+    return os.environ.get("FIR_VERIFY_EACH", "") not in ("", "0")
+
+
 def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",
-                 ctx: Context | None = None) -> ModuleOp:
-    """A planned copy of a logical module, verified after every pass (distribution passes only run when the
-    module places something on a mesh)."""
+                 ctx: Context | None = None, verify_each: bool | None = None) -> ModuleOp:
+    """A planned copy of a logical module (distribution passes only run when the module places something on a
+    mesh), verified once at the end, or after every pass with `verify_each` (default: verify_each_default()):
+    the verifier costs about as much as the passes."""
     ctx = ctx or make_context()
     out = module.clone()
+    each = verify_each_default() if verify_each is None else verify_each
     passes = [p for p in plan_passes(microbatches, order)
               if p.name not in DISTRIBUTION_PIPELINE or placed_functions(out)[1]]
     with progress.task("compile", total=len(passes)) as step:
         for p in passes:
             step.note(p.name)
             p.apply(ctx, out)
-            verify_module(out)
+            if each:
+                verify_module(out)
             step()
+    if not each:
+        verify_module(out)
     return out

@@ -1,10 +1,16 @@
-"""pytest configuration: tests marked `gpu` run only where pycuda can open a CUDA device."""
+"""pytest configuration: tests marked `gpu` run only where pycuda can open a CUDA device; compiles verify after
+every pass."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
+
+# Tests verify the IR after every compiler pass (users' compiles verify once, at the end): a pass that breaks
+# the IR is caught at that pass, in the tools' subprocesses too.
+os.environ.setdefault("FIR_VERIFY_EACH", "1")
 
 
 @functools.cache

@@ -96,3 +96,21 @@ def test_low_precision_check_allows_rounding_of_cancelled_partial_sums():
     wrong = np.array([340.0, 8.0, -12.0], dtype=np.float32)
     assert not compare(wrong, want, "bf16").ok
     assert not compare(np.array([340.0, 1.765625, -20.0], dtype=np.float32), want, "bf16").ok
+
+
+def test_compile_verifies_once_unless_asked_for_each_pass(monkeypatch):
+    import fir.compile as fc
+
+    calls = []
+    real = fc.verify_module
+    monkeypatch.setattr(fc, "verify_module", lambda m: (calls.append(1), real(m)))
+    prog = api.load(os.path.join(EXAMPLES, "dp_mlp.fir"))
+    prog.compile(verify_each=False)
+    assert len(calls) == 1
+    calls.clear()
+    prog.compile(verify_each=True)
+    assert len(calls) == 6  # sbp-infer, insert-boxing, partition, fuse, schedule, plan-memory
+    calls.clear()
+    monkeypatch.setenv("FIR_VERIFY_EACH", "0")
+    prog.compile()
+    assert len(calls) == 1

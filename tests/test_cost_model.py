@@ -411,3 +411,28 @@ def test_gpt_block_matmuls_are_compute_bound_on_the_fp32_rate():
     assert fc.flops == 2 * 128 * 3072 * 768 and fc.bound == "compute"
     assert fc.seconds == pytest.approx(fc.flops / 66.9e12 + 3e-6)
     assert math.isclose(sum(cm.compute_time(op, NV) for op in mms.values()) * 1e6, 46.02, abs_tol=0.05)
+
+
+def test_machines_are_sized_by_nodes():
+    from fir.planning.hardware import load_hardware
+
+    big = load_hardware("h100-ib:nodes=128")
+    assert big.num_devices == 1024 and big.name == "h100-ib:nodes=128" and big.node_of(1023) == 127
+    assert big.links == load_hardware("h100-ib").links  # the same node and links, more of them
+    grown = load_hardware("h100-nvlink", devices=20)  # a program on 20 devices: 3 nodes of 8
+    assert grown.topology.nodes == 3 and grown.node_of(19) == 2
+    assert load_hardware("h100-nvlink", devices=8).name == "h100-nvlink"  # big enough: unchanged
+    with pytest.raises(FirError, match="device 8 is not in hardware 'h100-nvlink:nodes=1'"):
+        load_hardware("h100-nvlink:nodes=1", devices=16).node_of(8)  # an explicit size is kept
+    with pytest.raises(FirError, match="at least one node"):
+        load_hardware("h100-ib:nodes=0")
+
+
+def test_simulating_1024_devices_grows_the_preset():
+    from fir.api import parse
+
+    prog = parse("sbp.mesh @m = [1024]\n"
+                 "func.func @f(%x: tensor<2048x64xf32> {sbp = [S(0)]}, %w: tensor<64x64xf32>) -> tensor<2048x64xf32>"
+                 " attributes {mesh = @m} {\n  %y = flow.matmul %x, %w\n  func.return %y\n}\n", "big.fir")
+    res = prog.simulate(hardware="h100-ib")
+    assert res.hardware == "h100-ib:nodes=128" and len(res.devices) == 1024

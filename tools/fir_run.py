@@ -56,9 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                         "pipeline bubble and memory")
     p.add_argument("--hardware", metavar="NAME|FILE.toml",
                    help=f"hardware model for --simulate: a preset ({', '.join(preset_names())}; default "
-                        f"{DEFAULT_HARDWARE}) or a .toml file")
+                        f"{DEFAULT_HARDWARE}) or a .toml file, sized NAME:nodes=N (default: grown by whole nodes "
+                        "to the program's devices)")
     p.add_argument("-f", "--frontend", choices=["fir", "mlir"], help="input syntax (default: by extension or content)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success (and no progress bar)")
+    p.add_argument("--verify-each", action="store_true",
+                   help="verify the IR after every compiler pass, not only at the end (slower; for debugging)")
     return p
 
 
@@ -127,7 +130,7 @@ def _simulate(prog, args: argparse.Namespace) -> int:
     from fir.syntax.files import PendingFiles
 
     result = prog.simulate(entry=args.entry, hardware=args.hardware, microbatches=args.microbatches,
-                           schedule=args.schedule)
+                           schedule=args.schedule, verify_each=args.verify_each or None)
     files = PendingFiles()
     if args.trace:
         files.add(args.trace, "the trace", trace_writer(result.events, {"program": args.input_file,
@@ -162,7 +165,8 @@ def run(argv: list[str] | None = None) -> int:
             result = prog.run(args.inputs, seed=args.seed, entry=args.entry, devices=args.devices,
                               microbatches=args.microbatches, schedule=args.schedule, backend=args.backend,
                               interleave=args.interleave or "in-order",
-                              interleave_seed=args.interleave_seed or 0, trace=bool(args.trace), check=args.check)
+                              interleave_seed=args.interleave_seed or 0, trace=bool(args.trace), check=args.check,
+                              verify_each=args.verify_each or None)
         # Every file is written under a temporary name and renamed into place only once all are written.
         files = PendingFiles()
         if args.save_inputs:

@@ -12,7 +12,7 @@ from xdsl.ir import Attribute, Operation
 
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CommOp
-from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, meshes_of, nd_to_attr
+from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, MeshOp, meshes_of, nd_to_attr
 from fir.distribution.sbp import Mesh, NdSbp
 
 
@@ -100,6 +100,13 @@ def int_value(op: Operation, name: str) -> int | None:
     """The integer discardable attribute `name` of an op or function (`device`, `offset`, ...), or None."""
     attr = op.attributes.get(name)
     return int(attr.value.data) if isinstance(attr, IntegerAttr) else None
+
+
+def device_count(module: ModuleOp) -> int:
+    """How many devices the module uses: one more than the highest device id of its meshes and device programs."""
+    ids = [d for op in module.ops if isinstance(op, MeshOp) for d in op.mesh().devices]
+    ids += [d for op in module.ops if isinstance(op, FuncOp) and (d := int_value(op, DEVICE)) is not None]
+    return max(ids, default=0) + 1
 
 
 def places(func: FuncOp) -> bool:

@@ -10,6 +10,7 @@ from xdsl.dialects.func import FuncOp
 from xdsl.passes import ModulePass
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.sbp import meshes_of
+from fir.distribution.placement import device_count
 from fir.planning.hardware import DEFAULT_HARDWARE, load_hardware
 from fir.planning.cost_report import report_function
 
@@ -24,7 +25,7 @@ class CostReportPass(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         try:
-            hw = load_hardware(self.hardware)
+            hw = load_hardware(self.hardware, device_count(op))
         except FirError as e:
             if e.loc is None:  # an unknown name or unreadable file: point at the program being reported
                 raise FirError(f"cost-report: {e.message}", loc_of(op.location)) from None

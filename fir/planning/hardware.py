@@ -6,6 +6,7 @@ Units are SI base units throughout: FLOP/s (and integer op/s), bytes, bytes per 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -109,6 +110,12 @@ class Hardware:
         """The bottleneck link of a collective: intra-node if the whole group is on one node, else inter-node."""
         nodes = {self.node_of(d) for d in group}
         return self.links.intra_node if len(nodes) <= 1 else self.links.inter_node
+
+    def with_nodes(self, nodes: int) -> Hardware:
+        """The same machine with `nodes` nodes (its name says so)."""
+        base = self.name.split(":nodes=", 1)[0]
+        return dataclasses.replace(self, name=f"{base}:nodes={nodes}",
+                                   topology=dataclasses.replace(self.topology, nodes=nodes))
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -329,8 +336,27 @@ def _looks_like_path(s: str) -> bool:
     return s.endswith(".toml") or "/" in s or os.sep in s
 
 
-def load_hardware(name_or_path: str) -> Hardware:
-    """A preset by name (e.g. 'h100-nvlink') or a hardware file by path; FirError when it cannot be loaded."""
+# `NAME:nodes=N` or `FILE.toml:nodes=N`: the machine with N nodes.
+_SIZED = re.compile(r"\A(?P<base>.+):nodes=(?P<nodes>[0-9]+)\Z")
+
+
+def load_hardware(spec: str, devices: int | None = None) -> Hardware:
+    """A preset by name (e.g. 'h100-nvlink') or a hardware file by path, optionally sized `NAME:nodes=N`; FirError
+    when it cannot be loaded. Without an explicit size, a machine smaller than `devices` (what the program uses)
+    grows by whole nodes to hold them: the presets describe a node and its links, not a fixed cluster."""
+    m = _SIZED.match(spec)
+    hw = _load(m["base"] if m else spec)
+    if m:
+        nodes = int(m["nodes"])
+        if nodes < 1:
+            raise FirError(f"hardware '{spec}': a machine has at least one node")
+        return hw.with_nodes(nodes)
+    if devices is not None and devices > hw.num_devices:
+        return hw.with_nodes(-(-devices // hw.topology.devices_per_node))
+    return hw
+
+
+def _load(name_or_path: str) -> Hardware:
     if not _looks_like_path(name_or_path):
         preset = _presets_dir().joinpath(f"{name_or_path}.toml")
         if preset.is_file():

@@ -28,6 +28,7 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.dtypes import nbytes
+from fir.distribution.placement import device_count
 from fir.planning.hardware import Hardware, load_hardware
 from fir.planning.plan_ir import entry_plans, event_of, instructions, stream_of, verify_plan
 from fir.planning.trace import TraceEvent
@@ -363,7 +364,7 @@ def simulate(module: ModuleOp, entry: str, hw: Hardware | str | None = None, ser
     file path); `durations(op, device)` overrides the cost model; serial=True merges each device's streams into
     one queue in issue order."""
     if isinstance(hw, str):
-        hw = load_hardware(hw)
+        hw = load_hardware(hw, device_count(module))
     if durations is None:
         if hw is None:
             raise ValueError("simulate needs a hardware model or a durations callback")

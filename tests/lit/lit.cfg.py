@@ -37,6 +37,7 @@ config.substitutions.append(("%python", sys.executable))
 # Tests may print non-ASCII source lines in diagnostics.
 config.environment["PYTHONIOENCODING"] = "utf-8"
 config.environment.pop("FIR_DEBUG", None)
+config.environment["FIR_VERIFY_EACH"] = "1"  # compiles verify after every pass in the tests
 
 TOOLS = ("fir-opt", "filecheck")
 for tool in TOOLS:
