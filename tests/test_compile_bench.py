@@ -57,6 +57,21 @@ def test_distributed_gpt_matches_reference(loss: bool) -> None:
     assert all(c.ok for c in checks), checks
 
 
+@pytest.mark.parametrize("dp,tp,stages", [(2, 2, 2), (4, 1, 1)])
+def test_data_parallel_gpt_matches_reference(dp: int, tp: int, stages: int) -> None:
+    # The scale benchmark's layouts: a [dp, tp] mesh per stage, and 1-D data parallelism.
+    text = gpt_program(2, **{**TINY, "batch": 4, "tp": tp, "stages": stages, "dp": dp})
+    assert f"sbp.mesh @stage0 = [{', '.join(str(n) for n in (dp, tp) if n > 1)}]" in text
+    module, func = _logical(text)
+    inputs = random_inputs(func, seed=5)
+    want = run_function(module, func, inputs)
+    got = run_partitioned(distribute(module), "gpt", inputs, dp * tp * stages)
+    checks = compare_all(got, want, [to_tt(t)[1] for t in func.function_type.outputs.data])
+    assert all(c.ok for c in checks), checks
+    # One all-reduce per attention and per MLP along the tensor-parallel axis; none for data parallelism.
+    assert _comm_counts(text).get("comm.all_reduce", 0) == (2 * 2 if tp > 1 else 0)
+
+
 def test_one_all_reduce_per_attention_and_mlp() -> None:
     # 3 layers on 2 stages: layers 0, 1 on stage 0, layer 2 on stage 1.
     counts = _comm_counts(gpt_program(3, **TINY))

@@ -42,6 +42,7 @@ import heapq
 import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -442,7 +443,25 @@ def _search(order: list[int], best: bool, start: np.ndarray, end: np.ndarray, si
 def plan_buffers(buffers: Sequence[Buffer], orderings: Sequence[str] = ORDERINGS,
                  search_budget: int = SEARCH_BUDGET) -> MemoryPlan:
     """Place every buffer under each ordering, keep the smallest arena (ties: the earlier ordering), then improve
-    it by local search while `search_budget` group placements last (0: no search)."""
+    it by local search while `search_budget` group placements last (0: no search). The answer depends on the
+    buffers alone (the search is seeded), so it is remembered: the devices of a symmetric mesh, whose programs
+    have the same buffers, are planned once."""
+    key = (tuple(buffers), tuple(orderings), search_budget)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan_buffers(list(buffers), tuple(orderings), search_budget)
+        if len(_PLANS) >= _PLANS_KEPT:
+            _PLANS.pop(next(iter(_PLANS)))  # the oldest
+        _PLANS[key] = plan
+    return dataclasses.replace(plan, offsets=list(plan.offsets), arena_by_ordering=dict(plan.arena_by_ordering))
+
+
+# Plans remembered by their buffers, oldest first; a compile's device programs come one after another.
+_PLANS: dict[tuple, MemoryPlan] = {}
+_PLANS_KEPT = 64
+
+
+def _plan_buffers(buffers: list[Buffer], orderings: tuple[str, ...], search_budget: int) -> MemoryPlan:
     if not orderings:
         raise ValueError("plan_buffers needs at least one ordering")
     g = _groups(buffers)
