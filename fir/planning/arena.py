@@ -128,6 +128,8 @@ class _Overlap:
             if ds:
                 self.definers[t] = (np.array([order.position[o] for o in ds], dtype=np.int64),
                                     np.array([order.start[o] for o in ds], dtype=np.int64).reshape(len(ds), n))
+        self._need: dict[Operation, tuple[int, ...]] = {}
+        self._cross_end: dict[tuple[int, ...], int] = {}
         # Per stream, after its first k instructions: the 1-based index of the last cross-device one among them.
         self.cross_prefix: dict[str, np.ndarray] = {}
         for t, xs in by_stream.items():
@@ -152,21 +154,29 @@ class _Overlap:
         lives at least to there: a later definer may take its bytes, and the events that reuse adds then make
         it wait for nothing on another device that it did not wait for already, so the memory plan can never
         close a wait cycle across devices."""
-        need = np.zeros(len(self.col), dtype=np.int64)
-        for x in accessors:
-            s = stream_of(x)
-            for t, c in self.col.items():
-                k = self.order.index[x] if t == s else self.order.start[x][c]  # x itself counts on its stream
-                need[c] = max(need[c], int(self.cross_prefix[t][k]))
-        if not need.any():
+        need = tuple(map(max, zip(*(self._cross_need(x) for x in accessors))))
+        if not any(need):
             return -1
-        end = -1
-        for pos, known in self.definers.values():
-            # A stream's clock only grows: the definers on it before the first that knows all of `need` do not.
-            i = max(int(np.searchsorted(known[:, c], need[c], side="left")) for c in range(len(need)) if need[c])
-            if i:
-                end = max(end, int(pos[i - 1]))
+        end = self._cross_end.get(need)
+        if end is None:  # many buffers wait for the same cross-device instructions: answer each set once
+            end = -1
+            for pos, known in self.definers.values():
+                # A stream's clock only grows: the definers on it before the first that knows all of `need` do not.
+                i = max(int(np.searchsorted(known[:, c], v, side="left")) for c, v in enumerate(need) if v)
+                if i:
+                    end = max(end, int(pos[i - 1]))
+            self._cross_end[need] = end
         return end
+
+    def _cross_need(self, x: Operation) -> tuple[int, ...]:
+        """Per stream, the 1-based index of the last cross-device instruction `x` is or waits for (0: none)."""
+        need = self._need.get(x)
+        if need is None:
+            s = stream_of(x)
+            need = tuple(int(self.cross_prefix[t][self.order.index[x] if t == s else self.order.start[x][c]])
+                         for t, c in self.col.items())  # x itself counts on its own stream
+            self._need[x] = need
+        return need
 
     def settled(self, op: Operation) -> int:
         """The position of the first later instruction on another stream that happens after `op` (binary search
