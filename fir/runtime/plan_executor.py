@@ -441,7 +441,7 @@ class _Adversary:
             (np.zeros(0, dtype=np.int64),) * 3
         stream_id = {s: k for k, s in enumerate(sorted(dev.queues))}
         stream = np.array([stream_id[i.stream] for i in instrs], dtype=np.int64)
-        start = np.array([i.start for i in instrs], dtype=np.int64).reshape(n, -1)
+        start = np.array([i.start for i in instrs], dtype=np.int64).reshape(n, len(columns))  # n may be 0
         for k, a in enumerate(instrs):
             if a.write is not None:
                 hit = np.flatnonzero((slo < a.write.hi) & (a.write.lo < shi) & (slo < shi))
