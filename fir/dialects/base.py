@@ -25,6 +25,23 @@ TT = tuple[tuple[int, ...], str]
 
 def to_tt(t: Attribute) -> TT:
     """(shape, dtype) of a tensor type; raise ShapeError for anything else."""
+    # Types are immutable and shared (fir.dialects.dtypes builds each once), and verification asks for the same
+    # one thousands of times: remember the answer by identity (the entry keeps the type alive, so its id stays
+    # its own).
+    hit = _TT_BY_ID.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    tt = _to_tt(t)
+    if len(_TT_BY_ID) > 65536:
+        _TT_BY_ID.clear()
+    _TT_BY_ID[id(t)] = (t, tt)
+    return tt
+
+
+_TT_BY_ID: dict[int, tuple[Attribute, TT]] = {}
+
+
+def _to_tt(t: Attribute) -> TT:
     if not isinstance(t, TensorType):
         raise ShapeError(f"expected a tensor type, got {t}")
     try:

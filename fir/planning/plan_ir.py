@@ -3,6 +3,8 @@ relation that stream order and events give (fir/dialects/plan.py states the sema
 
 from __future__ import annotations
 
+import functools
+
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType, i64
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
@@ -51,6 +53,13 @@ def entry_plans(module: ModuleOp, entry: str) -> tuple[dict[int, FuncOp], bool]:
 def instructions(func: FuncOp) -> list[Operation]:
     """The plan's instructions in issue order (func.return excluded)."""
     return [op for op in func.body.ops if not isinstance(op, ReturnOp)]
+
+
+@functools.cache
+def stream_attr(stream: str) -> StringAttr:
+    """The `stream` attribute naming a stream (attributes are immutable: one per stream is shared, as building
+    and verifying one per instruction is a measurable part of scheduling a large plan)."""
+    return StringAttr(stream)
 
 
 def stream_of(op: Operation) -> str:
@@ -112,7 +121,7 @@ def next_event(func: FuncOp) -> int:
 
 def record_after(op: Operation, event: int) -> RecordOp:
     """Insert `plan.record {event}` on op's stream right after op."""
-    rec = RecordOp.create(properties={"event": IntegerAttr(event, i64)}, attributes={STREAM: StringAttr(stream_of(op))})
+    rec = RecordOp.create(properties={"event": IntegerAttr(event, i64)}, attributes={STREAM: stream_attr(stream_of(op))})
     rec.location = op.location
     op.parent_block().insert_op_after(rec, op)  # type: ignore[union-attr]
     return rec
@@ -121,7 +130,7 @@ def record_after(op: Operation, event: int) -> RecordOp:
 def wait_before(op: Operation, event: int, stream: str | None = None) -> WaitOp:
     """Insert `plan.wait {event}` on op's stream (or `stream`) right before op."""
     wait = WaitOp.create(properties={"event": IntegerAttr(event, i64)},
-                         attributes={STREAM: StringAttr(stream or stream_of(op))})
+                         attributes={STREAM: stream_attr(stream or stream_of(op))})
     wait.location = op.location
     op.parent_block().insert_op_before(wait, op)  # type: ignore[union-attr]
     return wait

@@ -37,7 +37,7 @@ from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import MICRO, SCHEDULE, STREAM, LoadOp, PlanOp, RecordOp, StoreOp, WaitOp
 from fir.distribution.placement import DEVICE, OF, int_value, symbol_name
-from fir.planning.plan_ir import event_of, record_after, stream_for, stream_of, wait_before
+from fir.planning.plan_ir import event_of, record_after, stream_attr, stream_for, stream_of, wait_before
 
 
 def _device(func: FuncOp) -> int:
@@ -269,7 +269,7 @@ def _issue_order(func: FuncOp, tasks: dict[Operation, tuple[int, int]], order: s
     stores: dict[SSAValue, StoreOp] = {}
 
     def emit(o: Operation) -> None:
-        o.attributes[STREAM] = StringAttr(stream_for(o))
+        o.attributes[STREAM] = stream_attr(stream_for(o))
         issue.append(o)
         if not isinstance(o, (RecordOp, WaitOp)):
             issued[stream_of(o)] += 1
@@ -340,8 +340,8 @@ def _may_precede(recv: tuple[int, int], slot: set[tuple[int, int]]) -> bool:
 def _gate(event: int, done: str, stream: str, before: Operation) -> list[Operation]:
     """`plan.record` on stream `done` and `plan.wait` on `stream`: what `stream` issues next waits for what
     `done` has issued so far."""
-    rec = RecordOp.create(properties={"event": IntegerAttr(event, i64)}, attributes={STREAM: StringAttr(done)})
-    wait = WaitOp.create(properties={"event": IntegerAttr(event, i64)}, attributes={STREAM: StringAttr(stream)})
+    rec = RecordOp.create(properties={"event": IntegerAttr(event, i64)}, attributes={STREAM: stream_attr(done)})
+    wait = WaitOp.create(properties={"event": IntegerAttr(event, i64)}, attributes={STREAM: stream_attr(stream)})
     rec.location = wait.location = before.location
     return [rec, wait]
 
