@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
-import datetime
 import gc
 import io
-import json
 import multiprocessing
 import os
-import platform
 import pstats
 import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from importlib.metadata import version
 from typing import Any
 
 from xdsl.dialects.builtin import ModuleOp
@@ -41,6 +37,7 @@ from xdsl.passes import ModulePass
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpt_model import gpt_program  # noqa: E402
+from results_file import machine, write_result  # noqa: E402
 
 from fir.planning import memory_planner  # noqa: E402
 from fir.syntax.frontend import make_context, parse_source, verify_module  # noqa: E402
@@ -186,19 +183,6 @@ def bench_model(layers: int, microbatches: int, repeat: int, profile: int, no_gc
             "total_cpu_seconds": round(cpu, 4), "verify_once_cpu_seconds": round(once, 4)}
 
 
-def machine() -> dict[str, Any]:
-    """The machine the benchmark ran on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "xdsl": version("xdsl"),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
 def table(results: list[dict[str, Any]]) -> str:
     """A text table: one row per stage, per model the wall seconds of the pass and of the verify after it, and
     in parentheses their CPU seconds."""
@@ -254,10 +238,7 @@ def main() -> None:
               "machine": {**machine(), "load_average_before_after": [round(load_before[0], 2),
                                                                      round(os.getloadavg()[0], 2)]}}
     print(table(results))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from results_file import machine, write_result
 import tempfile
 
 # Each family's base size (the measurements use 1x, 4x and 16x it).
@@ -129,13 +130,9 @@ def main() -> None:
                 "subtract the CPU of loading a one-op program (baseline).",
         "baseline": baseline,
         "families": results,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-        f.write("\n")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

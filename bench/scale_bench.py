@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from results_file import machine, write_result
 
 CHILD = r"""
 import json, sys, time
@@ -115,13 +116,9 @@ def main() -> None:
         "note": "CPU seconds per stage of one fresh process per row; compile_cpu_s sums parsing, the passes and "
                 "the final verification (fir-run's default: verify once)",
         "rows": rows,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
