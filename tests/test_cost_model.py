@@ -419,6 +419,7 @@ def test_machines_are_sized_by_nodes():
     big = load_hardware("h100-ib:nodes=128")
     assert big.num_devices == 1024 and big.name == "h100-ib:nodes=128" and big.node_of(1023) == 127
     assert big.links == load_hardware("h100-ib").links  # the same node and links, more of them
+    assert big.description.startswith("128 node(s) x 8 of h100-ib")
     grown = load_hardware("h100-nvlink", devices=20)  # a program on 20 devices: 3 nodes of 8
     assert grown.topology.nodes == 3 and grown.node_of(19) == 2
     assert load_hardware("h100-nvlink", devices=8).name == "h100-nvlink"  # big enough: unchanged

@@ -114,8 +114,10 @@ class Hardware:
     def with_nodes(self, nodes: int) -> Hardware:
         """The same machine with `nodes` nodes (its name says so)."""
         base = self.name.split(":nodes=", 1)[0]
+        t = self.topology
         return dataclasses.replace(self, name=f"{base}:nodes={nodes}",
-                                   topology=dataclasses.replace(self.topology, nodes=nodes))
+                                   description=f"{nodes} node(s) x {t.devices_per_node} of {base}'s nodes and links",
+                                   topology=dataclasses.replace(t, nodes=nodes))
 
 
 # ----------------------------------------------------------------------------------------------- schema
