@@ -116,13 +116,11 @@ class Program:
                 schedule: str | None = None, verify_each: bool | None = None) -> Program:
         """The entry function compiled to execution plans, in a program of its own: micro-batching when asked,
         distribution when it is placed on a mesh, then fuse, schedule and plan-memory, verified at the end (after
-        every pass with `verify_each`; default FIR_VERIFY_EACH). A plan is returned as it is (after its memory
-        is checked)."""
+        every pass with `verify_each`; default FIR_VERIFY_EACH). A plan is returned as it is: reading it verified
+        it, memory plan included."""
         from fir.compile import compile_plan
-        from fir.dialects.plan import ARENA_SIZE
         from fir.dialects.sbp import MeshOp
         from fir.distribution.microbatching import microbatch_axes
-        from fir.planning.arena import verify_memory
         from fir.planning.plan_ir import is_plan
 
         func = self.function(entry)
@@ -132,8 +130,6 @@ class Program:
                 if given:
                     raise FirError(f"{flag} shapes how a program is compiled, but @{func.sym_name.data} is a plan "
                                    "already", loc_of(func.location))
-            if ARENA_SIZE in func.attributes:
-                verify_memory(func)  # a plan from elsewhere: its offsets must be safe before anything runs
             return self
         if microbatches is not None and microbatches > 1 and not microbatch_axes(func):
             raise FirError(f"--microbatches {microbatches}: no argument of @{func.sym_name.data} is marked "

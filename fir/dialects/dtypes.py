@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 from xdsl.dialects.builtin import (
     BFloat16Type,
@@ -49,6 +50,9 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     "i64": (0.0, 0.0),
     "i1": (0.0, 0.0),
 }
+# f16 and bf16 results may also differ by two units of rounding (this spacing at 1.0, machine epsilon) of their
+# largest magnitude: a partial sum is rounded before the reduction across devices (fir.runtime.compare).
+LOW_PRECISION_EPS: dict[str, float] = {"bf16": 2.0**-7, "f16": 2.0**-10}
 
 
 def element_type(name: str) -> Attribute:
@@ -91,6 +95,13 @@ def dtype_of_numpy(dt: np.dtype) -> str | None:
         if numpy_dtype(name) == dt:
             return name
     return None
+
+
+def is_numpy(v: Any, kind: str = "ndarray") -> bool:
+    """Whether `v` is a numpy array (or, with kind="generic", a numpy scalar), without importing numpy: when it
+    is not loaded yet, nothing can be one."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(v, getattr(np, kind))
 
 
 def is_low_precision(dt: np.dtype) -> bool:

@@ -502,7 +502,7 @@ class ConstantOp(FlowOp):
         if declared is None:
             raise ShapeError("flow.constant needs a result type, e.g. `: tensor<2x2xf32>`")
         value = attrs["value"]
-        is_array = hasattr(value, "dtype") and hasattr(value, "shape")  # a numpy array (numpy is loaded lazily)
+        is_array = dtypes.is_numpy(value)
         if is_array and (value.dtype.name == "float64") != dtypes.is_float(declared[1]):
             want = "f64" if dtypes.is_float(declared[1]) else "i64"
             raise ShapeError(f"value must be stored as {want} elements for a {declared[1]} result")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
+from fir.dialects import dtypes
 from fir.distribution import layout
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.distribution.sbp import B, P, PMAX, NdSbp, Partial, S, Sbp, Split, format_nd
@@ -366,9 +367,9 @@ def _freeze(v: Any) -> Any:
         return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
     if isinstance(v, (list, tuple)):
         return tuple(_freeze(x) for x in v)
-    if hasattr(v, "tobytes") and hasattr(v, "shape"):  # a numpy array (numpy is not imported to check)
+    if dtypes.is_numpy(v):
         return ("ndarray", v.dtype.str, v.shape, v.tobytes())
-    if hasattr(v, "item") and hasattr(v, "dtype"):  # a numpy scalar
+    if dtypes.is_numpy(v, "generic"):
         return v.item()
     return v
 

@@ -27,17 +27,15 @@ def compare(got: np.ndarray, want: np.ndarray, dtype: str) -> Comparison:
     finite = np.isfinite(w) & np.isfinite(g)
     same_special = np.array_equal(np.isnan(g), np.isnan(w)) and np.array_equal(g[np.isinf(w)], w[np.isinf(w)])
     err = float(np.max(np.abs(g[finite] - w[finite]), initial=0.0))
-    if dtype in _EPS:
+    if dtype in dtypes.LOW_PRECISION_EPS:
         # A sum split over devices (a P layout) rounds each partial sum to the dtype before adding them, as NCCL
         # does; where partial sums cancel, that error is relative to them, not to the small result. Allow two
         # units of rounding of the tensor's largest magnitude, which bounds the partial sums' rounding.
-        atol = max(atol, 2 * _EPS[dtype] * float(np.max(np.abs(w[finite]), initial=0.0)))
+        eps = dtypes.LOW_PRECISION_EPS[dtype]
+        atol = max(atol, 2 * eps * float(np.max(np.abs(w[finite]), initial=0.0)))
     ok = same_special and bool(np.allclose(g[finite], w[finite], rtol=rtol, atol=atol))
     return Comparison(err, ok)
 
-
-# The spacing of the low-precision float dtypes at 1.0 (machine epsilon).
-_EPS = {"bf16": 2.0**-7, "f16": 2.0**-10}
 
 
 def compare_all(got: Sequence[np.ndarray], want: Sequence[np.ndarray], types: Sequence[str]) -> list[Comparison]:

@@ -74,7 +74,7 @@ _BARE_RESULT_ATTRS = re.compile(r"->\s*tensor<[^>\n]*>\s*\{\s*\Z")
 _VALID_HINT = re.compile(r"[A-Za-z_$.\-][\w$.\-]*")
 _NUMERIC_SUFFIX = re.compile(r"(_\d+)+$")
 
-# Escapes in string literals (the printer writes other control characters as \\uXXXX).
+# Escapes in string literals (the printer writes other control characters as \uXXXX).
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 _ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)")
 
