@@ -65,11 +65,12 @@ class Program:
     def function(self, entry: str | None = None) -> FuncOp:
         """The function to run: `entry`, else the only function, else @main. A module of nothing but device
         programs (partition's output) names its logical program instead: those run only together."""
-        from fir.distribution.placement import DEVICE, OF, symbol_name
+        from fir.distribution.placement import DEVICE, DEVICES, OF, symbol_name
         from fir.runtime.interpreter import find_function
 
         funcs = [f for f in self.module.ops if isinstance(f, FuncOp)]
-        if entry is None and len(funcs) > 1 and all(DEVICE in f.attributes for f in funcs):
+        if entry is None and len(funcs) > 1 and all(DEVICE in f.attributes or DEVICES in f.attributes
+                                                    for f in funcs):
             of = symbol_name(funcs[0].attributes.get(OF))
             raise FirError(f"the program holds the device programs of @{of}, which run only together: fir-run "
                            "takes the logical program and compiles it itself (or name one device's program with "
@@ -234,10 +235,13 @@ def _check_runs_alone(func: FuncOp) -> None:
     """A device program (partition's output, planned or not) runs alone only when it talks to no other device;
     comm ops are left only in device programs, which run together with the other devices' programs."""
     from fir.dialects.comm import CommOp
-    from fir.distribution.placement import DEVICE, places
+    from fir.distribution.placement import DEVICE, DEVICES, places
 
     if places(func) and DEVICE not in func.attributes:
         return  # a logical program: the distribution passes place its comm ops
+    if DEVICES in func.attributes:
+        raise FirError(f"@{func.sym_name.data} is an SPMD program (spmd-partition's output), which its devices run "
+                       "together; run the logical program, which fir-run partitions itself", loc_of(func.location))
     for op in func.body.ops:
         if isinstance(op, CommOp):
             raise FirError(f"'{op.name}' needs the other devices: @{func.sym_name.data} is one device's program "

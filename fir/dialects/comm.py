@@ -1,9 +1,11 @@
 """The `comm` dialect: the data movement that boxing inserts between a producer's and a consumer's layout.
 
 Each collective changes the SBP of exactly one mesh axis and runs among the devices that differ only along that
-axis. In the logical program (after `insert-boxing`) a collective names its mesh and has the logical type; after
-`partition` it also names its `group` (device ids in mesh-axis order) and an `id` that the members of one
-collective share, and its types are the device's local ones.
+axis. In the logical program (after `insert-boxing`) a collective names its mesh and has the logical type. In an
+SPMD program (after `spmd-partition`) it also has an `id` that the members of one collective share, and its types
+are local; its group is implied: the devices of its mesh that differ from the running one only along the axis
+the collective changes. In a per-device program (after `partition`) it names that `group` too (device ids in
+mesh-axis order).
 
 | op                  | transition on one mesh axis | bytes sent per device (T: the tensor on one group) |
 | ------------------- | --------------------------- | ------------------------------------------------- |
@@ -16,8 +18,10 @@ collective share, and its types are the device's local ones.
 
 `comm.send_recv` moves a tensor between two meshes of the same shape keeping its SBP (device k of one mesh to
 device k of the other), or, between meshes of different shapes, a broadcast tensor (device j of the target
-reads from device j mod n of the source). `partition` lowers it to `comm.send` / `comm.recv` pairs and
-`comm.slice` to `flow.slice` with the device's own offsets.
+reads from device j mod n of the source). `spmd-partition` lowers it to a `comm.send` in the source's program
+and a `comm.recv` in the target's, which name both meshes (`mesh`, `to_mesh`): the peers follow from them.
+`partition` names the peer device (`to_device`, `from_device`) and lowers `comm.slice` to `flow.slice` with the
+device's own offsets.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ _COLLECTIVE_ATTRS: dict[str, AttrSpec] = {
     "to": NdSbpSpec(doc="the result's nd-SBP"),
     "bytes_per_device": IntSpec(doc="bytes each device sends (the largest over devices)"),
     "group": IntListSpec(default=OPTIONAL, doc="after partition: the devices of this device's group, in order"),
-    "id": IntSpec(default=OPTIONAL, doc="after partition: shared by the members of one collective"),
+    "id": IntSpec(default=OPTIONAL, doc="after (spmd-)partition: shared by the members of one collective"),
 }
 
 
@@ -110,8 +114,8 @@ class CollectiveOp(CommOp):
         for s in (*src, *dst):
             if isinstance(s, Split) and s.axis >= rank:
                 raise ShapeError(f"{s} names axis {s.axis} of a rank-{rank} tensor")
-        if ("id" in attrs) != ("group" in attrs):
-            raise ShapeError("group and id come together (a partitioned collective has both)")
+        if "group" in attrs and "id" not in attrs:
+            raise ShapeError("a collective with a group needs an id (a partitioned collective has both)")
         if declared is None:
             return ins[0]
         if "id" in attrs:  # local types: the shape changes with the device's piece
@@ -133,8 +137,8 @@ class CollectiveOp(CommOp):
         """The devices this collective runs with, checked to list `device` once (FirError otherwise)."""
         vals = self.attr_values()
         if "group" not in vals:
-            raise FirError(f"device {device}: '{self.name}' has no group and id (a device program's collectives "
-                           "come from partition)", loc_of(self.location))
+            raise FirError(f"device {device}: '{self.name}' has no group (a per-device program's collectives come "
+                           "from partition or expand-devices)", loc_of(self.location))
         group = tuple(vals["group"])
         if device not in group or len(set(group)) != len(group):
             raise FirError(f"device {device}: the group {list(group)} of '{self.name}' must list this device, and "
@@ -198,23 +202,43 @@ class SendRecvOp(CommOp):
         return ins[0]
 
 
+_PEER_ATTRS: dict[str, AttrSpec] = {
+    "mesh": SymbolSpec(default=OPTIONAL, doc="in an SPMD program: the sending mesh"),
+    "to_mesh": SymbolSpec(default=OPTIONAL, doc="in an SPMD program: the receiving mesh"),
+    "id": IntSpec(doc="shared by a comm.send and its comm.recv"),
+}
+
+
+def _check_peer(attrs: dict[str, Any], device_attr: str) -> None:
+    """A send or recv names its peer device (per-device program) or both meshes (SPMD program), not both."""
+    meshes = ("mesh" in attrs) + ("to_mesh" in attrs)
+    if meshes == 1:
+        raise ShapeError("mesh and to_mesh come together (an SPMD program's send and recv name both meshes)")
+    if (device_attr in attrs) == (meshes == 2):
+        raise ShapeError(f"give either {device_attr} (a per-device program) or mesh and to_mesh (an SPMD program)")
+    if attrs.get(device_attr, 0) < 0:
+        raise ShapeError(f"{device_attr} must be a device id (non-negative)")
+
+
 @irdl_op_definition
 class SendOp(CommOp):
-    """Send the local tensor to one device (after partition); the matching comm.recv has the same id."""
+    """Send the local tensor to its peer (after partition); the matching comm.recv has the same id. In an SPMD
+    program the peers are the devices of `to_mesh` that receive from the running device of `mesh`."""
 
     name = "comm.send"
     input = operand_def(TensorType)
-    to_device = prop_def(INT_PROP)
+    to_device = opt_prop_def(INT_PROP)
+    mesh = opt_prop_def(SymbolRefAttr)
+    to_mesh = opt_prop_def(SymbolRefAttr)
     id = prop_def(INT_PROP)
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
-        "to_device": IntSpec(doc="the receiving device"),
-        "id": IntSpec(doc="shared with the matching comm.recv"),
+        "to_device": IntSpec(default=OPTIONAL, doc="in a per-device program: the receiving device"),
+        **_PEER_ATTRS,
     }
 
     @classmethod
     def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> None:
-        if attrs["to_device"] < 0:
-            raise ShapeError("to_device must be a device id (non-negative)")
+        _check_peer(attrs, "to_device")
         return None
 
     def verify_(self) -> None:
@@ -224,24 +248,26 @@ class SendOp(CommOp):
 
 @irdl_op_definition
 class RecvOp(CommOp):
-    """Receive a tensor sent by one device (after partition)."""
+    """Receive a tensor sent by one device (after partition). In an SPMD program the peer is the device of
+    `mesh` that sends to the running device of `to_mesh`."""
 
     name = "comm.recv"
     result = result_def(TensorType)
-    from_device = prop_def(INT_PROP)
+    from_device = opt_prop_def(INT_PROP)
+    mesh = opt_prop_def(SymbolRefAttr)
+    to_mesh = opt_prop_def(SymbolRefAttr)
     id = prop_def(INT_PROP)
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
-        "from_device": IntSpec(doc="the sending device"),
-        "id": IntSpec(doc="shared with the matching comm.send"),
+        "from_device": IntSpec(default=OPTIONAL, doc="in a per-device program: the sending device"),
+        **_PEER_ATTRS,
     }
     NEEDS_RESULT_TYPE: ClassVar[bool] = True
 
     @classmethod
     def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
-        if attrs["from_device"] < 0:
-            raise ShapeError("from_device must be a device id (non-negative)")
         if declared is None:
             raise ShapeError("comm.recv needs a result type, e.g. `: tensor<4x8xf32>`")
+        _check_peer(attrs, "from_device")
         return declared
 
 

@@ -3,6 +3,8 @@
 * `sbp.mesh @name = [2, 4] {devices = [...]}` declares a mesh (devices default to 0..n-1); a mesh over some
   of the devices is a sub-mesh, e.g. a pipeline stage.
 * `#sbp.S<axis>`, `#sbp.B`, `#sbp.P<sum|max>` are one mesh axis' SBP; an nd-SBP is an array of them.
+* `%c = sbp.position {mesh = @m, axis = 0} : tensor<i32>` is the coordinate of the device running the program
+  along one mesh axis: how an SPMD program (`spmd-partition`) computes what depends on its position.
 
 Ops, arguments and results carry placement and SBP in their discardable attributes (names below); the
 Python values they hold are fir.distribution.sbp's.
@@ -10,9 +12,10 @@ Python values they hold are fir.distribution.sbp's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from xdsl.dialects.builtin import (
+    I64,
     ArrayAttr,
     DenseArrayBase,
     IntAttr,
@@ -20,16 +23,20 @@ from xdsl.dialects.builtin import (
     ModuleOp,
     StringAttr,
     SymbolRefAttr,
+    TensorType,
     i64,
 )
 from xdsl.ir import Attribute, Dialect, ParametrizedAttribute
-from xdsl.irdl import IRDLOperation, irdl_attr_definition, irdl_op_definition, prop_def, traits_def
+from xdsl.irdl import IRDLOperation, irdl_attr_definition, irdl_op_definition, prop_def, result_def, traits_def
 from xdsl.parser import AttrParser
 from xdsl.printer import Printer
 from xdsl.traits import SymbolOpInterface
 from xdsl.utils.exceptions import VerifyException
 
-from fir.dialects.attr_schema import AttrError, AttrSpec, SymbolRef, describe
+from fir.dialects.attr_schema import AttrError, AttrSpec, IntSpec, SymbolRef, describe
+from fir.dialects import dtypes
+from fir.dialects.base import TT, FirOp
+from fir.dialects.shape_inference import ShapeError
 from fir.distribution.sbp import PARTIAL_OPS, Broadcast, Mesh, NdSbp, Partial, Sbp, SbpSyntaxError, Split, format_nd, nd_from_literal
 
 # Discardable attribute names. On a flow op: `sbp` is its result's nd-SBP (a hint when the user writes it),
@@ -251,6 +258,29 @@ class MeshOp(IRDLOperation):
         })
 
 
+@irdl_op_definition
+class PositionOp(FirOp):
+    """The running device's coordinate along one axis of a mesh (a rank-0 integer tensor)."""
+
+    name = "sbp.position"
+    result = result_def(TensorType)
+    mesh = prop_def(SymbolRefAttr)
+    axis = prop_def(IntegerAttr[I64])
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
+        "mesh": SymbolSpec(doc="the mesh"),
+        "axis": IntSpec(doc="the mesh axis"),
+    }
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None or declared[0] != () or dtypes.is_float(declared[1]) or declared[1] == "i1":
+            raise ShapeError("sbp.position yields a rank-0 integer tensor: write `: tensor<i32>` or `: tensor<i64>`")
+        if attrs["axis"] < 0:
+            raise ShapeError(f"axis must be a mesh axis (non-negative), got {attrs['axis']}")
+        return declared
+
+
 def meshes_of(module: ModuleOp) -> dict[str, Mesh]:
     """Every mesh the module declares, by name."""
     return {op.sym_name.data: op.mesh() for op in module.ops if isinstance(op, MeshOp)}
@@ -263,10 +293,10 @@ def value_attr(attrs: dict[str, Attribute] | None, name: str) -> Any:
     return VALUE_ATTRS.get(name, OP_ATTRS.get(name)).to_python(attrs[name])
 
 
-Sbp_ = Dialect("sbp", [MeshOp], [SplitAttr, BroadcastAttr, PartialAttr])
+Sbp_ = Dialect("sbp", [MeshOp, PositionOp], [SplitAttr, BroadcastAttr, PartialAttr])
 
 __all__ = [
-    "SBP", "SBP_IN", "MESH", "SBP_COST", "SplitAttr", "BroadcastAttr", "PartialAttr", "MeshOp", "Sbp_",
+    "SBP", "SBP_IN", "MESH", "SBP_COST", "SplitAttr", "BroadcastAttr", "PartialAttr", "MeshOp", "PositionOp", "Sbp_",
     "nd_to_attr", "nd_from_attr", "sbp_to_attr", "meshes_of", "value_attr", "OP_ATTRS", "VALUE_ATTRS",
     "NdSbpSpec", "SymbolSpec", "NdSbpListSpec",
 ]

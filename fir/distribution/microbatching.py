@@ -32,7 +32,8 @@ from fir.dialects.flow import OPS_BY_NAME, FlowOp
 from fir.dialects.plan import INSTR_ATTRS, MICRO, MICROBATCH, ARG_ATTRS
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_COST, SBP_IN, MeshOp
 from fir.distribution.box_insertion import box_function
-from fir.distribution.partitioner import DeviceBuilder
+from fir.distribution.expansion import DeviceProgram, device_programs
+from fir.distribution.partitioner import result_layout, spmd_partition
 from fir.distribution.inference import infer_function
 from fir.distribution.placement import placed_functions, arg_attrs, layout_attrs, res_attrs, set_arg_attrs, value_sbp
 from fir.distribution.sbp import B, Broadcast, Mesh, NdSbp, Partial, S, Split
@@ -180,12 +181,12 @@ class _Stitcher:
         # A value returned twice is combined once; an argument returned as it is stays itself.
         first = {v: results.index(v) for v in results}
         combined = [j for j, v in enumerate(results) if first[v] == j and not isinstance(v, BlockArgument)]
-        for k in range(self.count):
-            builder = DeviceBuilder(self.copy, self.meshes, k)
-            outs = self.micro_batch(builder, k)
+        programs = device_programs(spmd_partition(self.copy, self.meshes), self.meshes)
+        for k, program in enumerate(programs):
+            outs = self.micro_batch(program, k)
             if k == 0:
                 copy_return = self.copy.body.blocks.first.last_op
-                layouts = [builder.result_layout(v, d)[1]
+                layouts = [result_layout(self.copy, v, d)[1]
                            for v, d in zip(copy_return.operands, res_attrs(self.copy))]
                 folded = [[o] if isinstance(nd[0], Split) else o for o, nd in zip(outs, layouts)]
                 continue
@@ -217,10 +218,10 @@ class _Stitcher:
         new_return.location = old_return.location
         self.block.add_op(new_return)
 
-    def micro_batch(self, builder: DeviceBuilder, k: int) -> list[SSAValue]:
+    def micro_batch(self, program: DeviceProgram, k: int) -> list[SSAValue]:
         """Append micro-batch k's ops (its argument slices first); returns its results. An op whose result is
         the same in every micro-batch (B: computed from weights alone) is written once, in micro-batch 0."""
-        dev = builder.build()
+        dev = program.func
         dev_block = dev.body.blocks.first
         assert dev_block is not None
         for i, (local, arg) in enumerate(zip(dev_block.args, self.block.args)):
@@ -232,7 +233,7 @@ class _Stitcher:
                 outs = list(op.operands)
                 dev_block.erase_op(op)
                 continue
-            origin = builder.origin.get(op)
+            origin = program.origin.get(op)
             same = self._same_in_every_micro_batch(op, origin)
             if same and k > 0:
                 op.results[0].replace_all_uses_with(self.shared[origin])
@@ -242,7 +243,7 @@ class _Stitcher:
             kept.append((op, origin))
             if same:
                 self.shared[origin] = op.results[0]
-        targets = _hint_targets(builder, kept)
+        targets = _hint_targets(program.values, kept)
         for op, origin in kept:
             self.place(op, origin, k, computes=op in targets)
             self.ops.append(op)
@@ -252,6 +253,8 @@ class _Stitcher:
         """Does `op` compute its logical op's whole B result from values every micro-batch shares?"""
         if origin is None or op.name != origin.name or len(op.results) != 1 or SBP not in origin.attributes:
             return False
+        if op.results[0].type != origin.results[0].type:
+            return False  # a piece of the value (a split constant's), not the whole
         if not all(isinstance(s, Broadcast) for s in OP_ATTRS[SBP].to_python(origin.attributes[SBP])):
             return False
         shared = set(self.shared.values())
@@ -307,7 +310,7 @@ class _Stitcher:
             self.mesh[op.results[0]] = mesh
 
 
-def _hint_targets(builder: DeviceBuilder, kept: list[tuple[Operation, Operation | None]]) -> set[Operation]:
+def _hint_targets(values: dict[SSAValue, SSAValue], kept: list[tuple[Operation, Operation | None]]) -> set[Operation]:
     """The op that takes each logical op's SBP hints in a micro-batch: the one computing its value, or, when a
     finishing op computes it (a mean's scaling by its micro-batch's share), the last op of the logical op's own
     kind (the local mean), so that the hint constrains the computation and the scaling follows its layout."""
@@ -317,7 +320,7 @@ def _hint_targets(builder: DeviceBuilder, kept: list[tuple[Operation, Operation 
             by_origin.setdefault(origin, []).append(op)
     targets = set()
     for origin, ops in by_origin.items():
-        value = builder.values.get(origin.results[0]) if origin.results else None
+        value = values.get(origin.results[0]) if origin.results else None
         computing = next((op for op in ops if value is not None and value in op.results), None)
         if computing is None:
             continue

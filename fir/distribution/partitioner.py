@@ -1,16 +1,23 @@
-"""partition: SPMD lowering of a boxed logical function to one program per device, on local shapes.
+"""spmd-partition: SPMD lowering of a boxed logical function to one program per class of devices, on local shapes.
 
-Each device gets a function `@<name>.dev<k>` (attributes `device = k`, `of = @<name>`) holding the ops placed
-on a mesh that contains it, with the local shape of every value (fir.distribution.layout). Everything that depends on the
-device's position is written out as constants: the offsets of comm.slice (lowered to flow.slice), the scale
-of a mean over a split axis, the offset of an iota along a split axis, the piece of a split constant, the
-`group` of each collective and the peer of each comm.send / comm.recv. Arguments and results keep their
-logical index (`args` / `results` on the function, when not all of them are on the device) and carry their
-`sbp` and `mesh`, so a runtime can scatter inputs and gather outputs. Every op made for an op tagged `micro = k`
-(the microbatch pass) is tagged too; a comm op without a tag takes the tag of the value it moves.
+Devices that lie on the same meshes and hold pieces of the same sizes (see device_classes) run one program
+`@<name>.p<i>` (attributes `devices = [...]`, `of = @<name>`) holding the ops placed on their meshes, with local
+types (fir.distribution.layout). Everything that depends on a device's position is computed from it: an iota
+split along its own axis adds `sbp.position * piece size + base`; a comm.slice (B -> S) stays, keeping the
+device's piece; a split constant is held whole and sliced the same way; a collective keeps its mesh and gets an
+`id`, its group following from the mesh and the axis it changes; comm.send_recv becomes a comm.send in the
+sender's program and a comm.recv in the receiver's, naming both meshes. A mean over a split axis is the local
+mean times the class's share of the elements. Arguments and results keep their logical index (`args` /
+`results`, when not all of them are on the devices) and their `sbp` and `mesh`, so a runtime can scatter
+inputs and gather outputs. Every op made for an op tagged `micro = k` (the microbatch pass) is tagged too; a
+comm op without a tag takes the tag of the value it moves.
+
+fir.distribution.expansion instantiates the per-device programs (`partition`'s output) from these.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import numpy as np
 from xdsl.dialects.builtin import ArrayAttr, DenseArrayBase, DictionaryAttr, FunctionType, SymbolRefAttr, i64
@@ -19,14 +26,16 @@ from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from fir.distribution import layout
 from fir.syntax.diagnostics import FirError, loc_of
+from fir.dialects import dtypes
+from fir.dialects.attr_schema import SymbolRef
 from fir.dialects.base import from_tt, to_tt
-from fir.dialects.comm import CollectiveOp, CommOp, RecvOp, SendOp, SendRecvOp
+from fir.dialects.comm import COLLECTIVE_BY_KIND, CollectiveOp, CommOp, RecvOp, SendOp, SendRecvOp
 from fir.dialects.flow import OPS_BY_NAME, FlowOp
 from fir.dialects.plan import MICRO
-from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN
-from fir.distribution.placement import (ARGS, DEVICE, OF, RESULTS, comm_result_layout, arg_attrs, int_attr,
-                                        layout_attrs, lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp)
-from fir.distribution.sbp import Mesh, NdSbp, Split, format_nd
+from fir.dialects.sbp import OP_ATTRS, SBP, SBP_IN, PositionOp
+from fir.distribution.placement import (ARGS, DEVICES, OF, RESULTS, comm_result_layout, arg_attrs, layout_attrs,
+                                        lookup_mesh, op_mesh, res_attrs, value_mesh, value_sbp)
+from fir.distribution.sbp import Broadcast, Mesh, NdSbp, Split, format_nd
 from fir.distribution.rules import nd_signatures, require_rule, why_invalid
 
 
@@ -34,7 +43,8 @@ def _layout(nd_attr: Attribute) -> NdSbp:
     return OP_ATTRS[SBP].to_python(nd_attr)
 
 
-def _devices(func: FuncOp, meshes: dict[str, Mesh]) -> list[int]:
+def _mesh_names(func: FuncOp, meshes: dict[str, Mesh]) -> list[str]:
+    """The meshes the function places something on, sorted."""
     names: set[str] = set()
     for d in (*arg_attrs(func), *res_attrs(func)):
         m = value_mesh(d, func)
@@ -48,12 +58,85 @@ def _devices(func: FuncOp, meshes: dict[str, Mesh]) -> list[int]:
         elif isinstance(op, CommOp):
             vals = op.attr_values()
             names.update(v.name for k, v in vals.items() if k in ("mesh", "to_mesh"))
-    return sorted({dev for n in names if n in meshes for dev in meshes[n].devices})
+    return sorted(n for n in names if n in meshes)
 
 
-def partition_function(func: FuncOp, meshes: dict[str, Mesh]) -> list[FuncOp]:
+def device_classes(func: FuncOp, meshes: dict[str, Mesh]) -> list[list[int]]:
+    """The devices of a boxed function grouped by the program they run, each group ascending, groups by their first
+    device. Two devices run one program when they lie on the same meshes and, along every mesh axis, on the same
+    side of every uneven split's boundary (numpy.array_split: the first n % p pieces are one longer), so that all
+    their local shapes agree and their offsets are one affine function of the coordinate."""
+    names = _mesh_names(func, meshes)
+    cuts = {k: sorted(v) for k, v in _split_boundaries(func, meshes).items()}
+    groups: dict[tuple, list[int]] = {}
+    for dev in sorted({d for n in names for d in meshes[n].devices}):
+        key = tuple((n, tuple(bisect_right(cuts.get((n, k), ()), c) for k, c in enumerate(meshes[n].coord(dev))))
+                    for n in names if dev in meshes[n])
+        groups.setdefault(key, []).append(dev)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _check_classes(func: FuncOp, meshes: dict[str, Mesh], classes: list[list[int]]) -> None:
+    """The last device of each class holds every value in the shape its first does (device_classes' promise;
+    cheap: two devices a class)."""
+    for devs in classes:
+        first, last = devs[0], devs[-1]
+        for shape, nd, mesh in _layouts(func, meshes):
+            if first in mesh and layout.local_shape(shape, nd, mesh.shape, mesh.coord(first)) != \
+                    layout.local_shape(shape, nd, mesh.shape, mesh.coord(last)):
+                raise FirError(f"internal error: devices {first} and {last} run one program of "
+                               f"@{func.sym_name.data} but hold a value in different shapes", loc_of(func.location))
+
+
+def _layouts(func: FuncOp, meshes: dict[str, Mesh]):
+    """(logical shape, nd-SBP, mesh) of every argument and op result of a boxed function."""
+    block = func.body.blocks.first
+    assert block is not None
+    for i, (a, d) in enumerate(zip(block.args, arg_attrs(func))):
+        yield to_tt(a.type)[0], value_sbp(d), lookup_mesh(meshes, value_mesh(d, func), f"argument {i}", func)
+    for op in block.ops:
+        if isinstance(op, FlowOp):
+            yield to_tt(op.results[0].type)[0], _layout(op.attributes[SBP]), meshes[op_mesh(op, func)]
+        elif isinstance(op, CommOp):
+            vals = op.attr_values()
+            yield to_tt(op.results[0].type)[0], vals["to"], meshes[vals.get("to_mesh", vals["mesh"]).name]
+
+
+def _split_boundaries(func: FuncOp, meshes: dict[str, Mesh]) -> dict[tuple[str, int], set[int]]:
+    """(mesh, axis) -> the coordinates where a piece of some value along that axis gets one element shorter."""
+    out: dict[tuple[str, int], set[int]] = {}
+
+    def walk(shape, nd: NdSbp, mesh: Mesh, extra: tuple[int, int] | None = None) -> None:
+        # Splits nest in mesh-axis order, so an inner axis cuts every size the outer ones can leave.
+        sizes = [{n} for n in shape]
+        for k, (s, p) in enumerate(zip(nd, mesh.shape)):
+            if isinstance(s, Split):
+                out.setdefault((mesh.name, k), set()).update(n % p for n in sizes[s.axis] if n % p)
+                sizes[s.axis] = {n // p + (1 if i else 0) for n in sizes[s.axis] for i in range(1 + bool(n % p))}
+        if extra is not None:  # a B -> S slice cuts the operand's local piece along mesh axis extra[0]
+            k, axis = extra
+            p = mesh.shape[k]
+            out.setdefault((mesh.name, k), set()).update(n % p for n in sizes[axis] if n % p)
+
+    for shape, nd, mesh in _layouts(func, meshes):
+        walk(shape, nd, mesh)
+    for op in func.body.ops:
+        if _is_slice(op):
+            axis, _, dst = op.transition()
+            vals = op.attr_values()
+            walk(to_tt(op.operands[0].type)[0], vals["from"], meshes[vals["mesh"].name], (axis, dst.axis))
+    return out
+
+
+def spmd_partition(func: FuncOp, meshes: dict[str, Mesh]) -> list[ProgramBuilder]:
+    """The SPMD programs of a boxed logical function (one per class of devices, see device_classes), built."""
     _check_boxed(func, meshes)
-    return [DeviceBuilder(func, meshes, d).build() for d in _devices(func, meshes)]
+    classes = device_classes(func, meshes)
+    _check_classes(func, meshes, classes)
+    builders = [ProgramBuilder(func, meshes, devs, i) for i, devs in enumerate(classes)]
+    for b in builders:
+        b.build()
+    return builders
 
 
 def _check_boxed(func: FuncOp, meshes: dict[str, Mesh]) -> None:
@@ -110,19 +193,24 @@ def _check_signature(op: FlowOp, mesh: Mesh, needs: list[NdSbp]) -> None:
                    + (f": {why}" if why else "") + "; run sbp-infer before partition", loc_of(op.location))
 
 
-class DeviceBuilder:
-    """Builds the program of one device."""
+class ProgramBuilder:
+    """Builds the SPMD program of one class of devices (`devices`, which share every local shape): local types
+    are those of its first device, and whatever depends on a device's position is computed from `sbp.position`."""
 
-    def __init__(self, func: FuncOp, meshes: dict[str, Mesh], device: int):
+    def __init__(self, func: FuncOp, meshes: dict[str, Mesh], devices: list[int], index: int):
         self.func = func
         self.meshes = meshes
-        self.device = device
+        self.devices = devices
+        self.index = index
+        self.device = devices[0]  # the class's local shapes are this device's
         self.values: dict[SSAValue, SSAValue] = {}
         self.block = Block()
         self.comm_ids: dict[Operation, int] = {}
-        # The logical op each op of the device program was made for (the microbatch pass stitches by it).
+        self.next_id = 0
+        # The logical op each op of the program was made for (the microbatch pass stitches by it).
         self.origin: dict[Operation, Operation] = {}
         self.source: Operation | None = None
+        self.program: FuncOp | None = None
 
     def mesh_of(self, name: str | None, what: str, where: Operation) -> Mesh:
         return lookup_mesh(self.meshes, name, what, where)
@@ -150,7 +238,7 @@ class DeviceBuilder:
         arg_dicts, arg_index = [], []
         for i, (a, d) in enumerate(zip(src_block.args, arg_attrs(func))):
             mesh = self.mesh_of(value_mesh(d, func), f"argument {i}", func)
-            if self.device not in mesh.devices:
+            if self.device not in mesh:
                 continue
             nd = value_sbp(d)
             local = self.block.insert_arg(self.local_type(a.type, nd, mesh), len(self.block.args))
@@ -158,12 +246,12 @@ class DeviceBuilder:
             self.values[a] = local
             arg_dicts.append(layout_attrs(nd, mesh.name))
             arg_index.append(i)
-        next_id = 0
+        # Ops that communicate are numbered first, the same in every program (their members meet by id); the
+        # local slices take the numbers after them.
         for op in src_block.ops:
-            # comm.slice becomes a local flow.slice: only ops that still communicate need an id.
-            if isinstance(op, CommOp) and not (isinstance(op, CollectiveOp) and op.KIND == "slice"):
-                self.comm_ids[op] = next_id
-                next_id += 1
+            if isinstance(op, CommOp) and not _is_slice(op):
+                self.comm_ids[op] = self.next_id
+                self.next_id += 1
         res_types, res_dicts, res_index = [], [], []
         for op in src_block.ops:
             self.source = op
@@ -173,7 +261,7 @@ class DeviceBuilder:
                     if v in self.values:
                         outs.append(self.values[v])
                         res_types.append(outs[-1].type)
-                        mesh_name, nd = self.result_layout(v, d)
+                        mesh_name, nd = result_layout(func, v, d)
                         res_dicts.append(layout_attrs(nd, mesh_name))
                         res_index.append(i)
                 self.add(ReturnOp(*outs), op.location)
@@ -184,34 +272,25 @@ class DeviceBuilder:
             elif isinstance(op, CollectiveOp):
                 self.collective(op)
         self.source = None
-        name = f"{func.sym_name.data}.dev{self.device}"
-        dev = FuncOp(name, FunctionType.from_lists([a.type for a in self.block.args], res_types),
-                     Region(self.block),
-                     arg_attrs=ArrayAttr([_dict(d) for d in arg_dicts]) if arg_dicts else None,
-                     res_attrs=ArrayAttr([_dict(d) for d in res_dicts]) if res_dicts else None)
-        dev.location = func.location
-        dev.attributes[DEVICE] = int_attr(self.device)
-        dev.attributes[OF] = SymbolRefAttr(func.sym_name.data)
+        prog = FuncOp(f"{func.sym_name.data}.p{self.index}",
+                      FunctionType.from_lists([a.type for a in self.block.args], res_types), Region(self.block),
+                      arg_attrs=ArrayAttr([_dict(d) for d in arg_dicts]) if arg_dicts else None,
+                      res_attrs=ArrayAttr([_dict(d) for d in res_dicts]) if res_dicts else None)
+        prog.location = func.location
+        prog.attributes[DEVICES] = _int_list(self.devices)
+        prog.attributes[OF] = SymbolRefAttr(func.sym_name.data)
         n_args, n_res = len(func.function_type.inputs.data), len(func.function_type.outputs.data)
         if arg_index != list(range(n_args)):
-            dev.attributes[ARGS] = _int_list(arg_index)
+            prog.attributes[ARGS] = _int_list(arg_index)
         if res_index != list(range(n_res)):
-            dev.attributes[RESULTS] = _int_list(res_index)
-        return dev
-
-    def result_layout(self, v: SSAValue, d: dict[str, Attribute]) -> tuple[str, NdSbp]:
-        """The layout a returned value has (insert-boxing made it the result's own when one was asked)."""
-        owner = v.owner
-        if isinstance(owner, FlowOp):
-            return op_mesh(owner, self.func), _layout(owner.attributes[SBP])
-        if isinstance(owner, CommOp):
-            return comm_result_layout(owner, self.func)
-        return value_mesh(d, self.func), value_sbp(arg_attrs(self.func)[v.index])
+            prog.attributes[RESULTS] = _int_list(res_index)
+        self.program = prog
+        return prog
 
     # -- flow ops ---------------------------------------------------------------------------------------------
     def flow(self, op: FlowOp) -> None:
         mesh = self.mesh_of(op_mesh(op, self.func), f"'{op.name}'", op)
-        if self.device not in mesh.devices:
+        if self.device not in mesh:
             return
         out_nd = _layout(op.attributes[SBP])
         in_nds = OP_ATTRS[SBP_IN].to_python(op.attributes[SBP_IN]) if SBP_IN in op.attributes else []
@@ -226,7 +305,8 @@ class DeviceBuilder:
         split_in = {s.axis for nd in in_nds[:1] for s in nd if isinstance(s, Split)}
 
         if op.name == "flow.reduce_mean" and split_in & set(_norm(attrs["axes"], len(op.operands[0].type.get_shape()))):
-            # mean over a split axis: the local mean weighted by this device's share of the reduced elements.
+            # mean over a split axis: the local mean weighted by this device's share of the reduced elements (the
+            # same for every device of the class: they hold pieces of one size).
             result = self.scaled(cls, operands, attrs, local_out, dt, loc, hint,
                                  _count(operands[0].type.get_shape(), attrs["axes"]),
                                  _count(op.operands[0].type.get_shape(), attrs["axes"]))
@@ -236,20 +316,23 @@ class DeviceBuilder:
             result = self.scaled(cls, operands, attrs, local_out, dt, loc, hint, rows_local, rows)
         elif op.name == "flow.iota":
             ax = attrs["axis"] % len(out_shape)
-            block = layout.local_block(out_shape, out_nd, mesh.shape, coord)
-            if block[ax][0]:
+            levels = [k for k, s in enumerate(out_nd) if isinstance(s, Split) and s.axis == ax]
+            if levels:
                 local = self.add(cls.make([], from_tt((local_out, dt)), **attrs), loc, _suffix(hint, "local"))
-                off = self.add(OPS_BY_NAME["flow.fill"].make([], from_tt(((), dt)), value=float(block[ax][0])), loc,
-                               _suffix(hint, "offset"))
-                result = self.add(OPS_BY_NAME["flow.add"].make([local.results[0], off.results[0]]), loc, hint).results[0]
+                off = self.offset(mesh, out_shape[ax], out_nd, levels, dt, loc, hint)
+                result = self.add(OPS_BY_NAME["flow.add"].make([local.results[0], off]), loc, hint).results[0]
             else:
                 result = self.add(cls.make([], from_tt((local_out, dt)), **attrs), loc, hint).results[0]
         elif op.name == "flow.constant":
-            block = layout.local_block(out_shape, out_nd, mesh.shape, coord)
             value = np.asarray(attrs["value"]) if np.ndim(attrs["value"]) else attrs["value"]
-            if np.ndim(value):
-                value = np.broadcast_to(value, out_shape)[tuple(slice(o, o + n) for o, n in block)].tolist()
-            result = self.add(cls.make([], from_tt((local_out, dt)), value=value), loc, hint).results[0]
+            if np.ndim(value) and any(isinstance(s, Split) for s in out_nd):
+                # every device holds the whole constant and keeps its piece, as a B -> S boxing would
+                whole = self.add(cls.make([], from_tt((out_shape, dt)), value=np.broadcast_to(value, out_shape).tolist()), loc,
+                                 _suffix(hint, "whole"))
+                result = self.keep_piece(whole.results[0], out_nd, mesh, loc, hint)
+            else:
+                result = self.add(cls.make([], from_tt((local_out, dt)), value=attrs["value"]), loc,
+                                  hint).results[0]
         elif op.name == "flow.slice":
             start, limit, stride = list(attrs["start"]), list(attrs["limit"]), list(attrs["stride"])
             in_local = operands[0].type.get_shape()
@@ -270,43 +353,99 @@ class DeviceBuilder:
         w = self.add(OPS_BY_NAME["flow.fill"].make([], from_tt(((), dt)), value=local_n / n), loc, _suffix(hint, "share"))
         return self.add(OPS_BY_NAME["flow.mul"].make([part, w.results[0]]), loc, hint).results[0]
 
+    def offset(self, mesh: Mesh, n: int, nd: NdSbp, levels: list[int], dt: str, loc, hint) -> SSAValue:
+        """The first index of this device's piece of a dimension of n elements split along mesh axes `levels`
+        (nested in that order), as a rank-0 tensor of dtype dt: sum over the levels of position * piece size +
+        base, where size and base are the class's (array_split: the first n % p pieces are one longer)."""
+        it = dt if not dtypes.is_float(dt) else "i64"
+        coord = mesh.coord(self.device)
+        terms: list[SSAValue] = []
+        base = 0
+        for k in levels:
+            q, r = divmod(n, mesh.shape[k])
+            size = q + 1 if coord[k] < r else q
+            base += 0 if coord[k] < r else r
+            pos = self.add(PositionOp.make([], from_tt(((), it)), mesh=SymbolRef(mesh.name), axis=k), loc,
+                           _suffix(hint, f"pos{k}"))
+            step = self.fill(size, it, loc, _suffix(hint, f"size{k}"))
+            terms.append(self.add(OPS_BY_NAME["flow.mul"].make([pos.results[0], step]), loc,
+                                  _suffix(hint, f"start{k}")).results[0])
+            n = size
+        if base:
+            terms.append(self.fill(base, it, loc, _suffix(hint, "base")))
+        total = terms[0]
+        for t in terms[1:]:
+            total = self.add(OPS_BY_NAME["flow.add"].make([total, t]), loc, _suffix(hint, "start")).results[0]
+        if it != dt:
+            total = self.add(OPS_BY_NAME["flow.cast"].make([total], from_tt(((), dt))), loc, None).results[0]
+        total.name_hint = _suffix(hint, "offset")
+        return total
+
+    def fill(self, value: int, dt: str, loc, hint) -> SSAValue:
+        return self.add(OPS_BY_NAME["flow.fill"].make([], from_tt(((), dt)), value=float(value)), loc, hint).results[0]
+
+    def keep_piece(self, x: SSAValue, nd: NdSbp, mesh: Mesh, loc, hint) -> SSAValue:
+        """This device's piece of a value every device holds whole: one B -> S comm.slice per split mesh axis,
+        in mesh-axis order (how splits nest)."""
+        have: list = [Broadcast()] * len(nd)
+        shape, dt = to_tt(x.type)
+        for k, s in enumerate(nd):
+            if not isinstance(s, Split):
+                continue
+            want = list(have)
+            want[k] = s
+            local = layout.local_shape(shape, tuple(want), mesh.shape, mesh.coord(self.device))
+            x = self.add(COLLECTIVE_BY_KIND["slice"].make([x], from_tt((local, dt)), mesh=SymbolRef(mesh.name),
+                                                          **{"from": tuple(have)}, to=tuple(want),
+                                                          bytes_per_device=0, id=self.take_id()),
+                         loc, hint).results[0]
+            have = want
+        return x
+
+    def take_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
     # -- comm ops ---------------------------------------------------------------------------------------------
     def collective(self, op: CollectiveOp) -> None:
         vals = op.attr_values()
         mesh = self.meshes[vals["mesh"].name]
-        if self.device not in mesh.devices:
+        if self.device not in mesh:
             return
-        axis, _, dst = op.transition()
         x = self.values[op.operands[0]]
         shape, dt = to_tt(op.results[0].type)
         local_out = layout.local_shape(shape, vals["to"], mesh.shape, mesh.coord(self.device))
-        hint = op.results[0].name_hint
-        if op.KIND == "slice":
-            # B -> S(i) moves nothing: the device keeps its piece, at offsets known here.
-            assert isinstance(dst, Split)
-            have = x.type.get_shape()
-            start = [0] * len(have)
-            limit = list(have)
-            off, n = layout.piece(have[dst.axis], mesh.shape[axis], mesh.coord(self.device)[axis])
-            start[dst.axis], limit[dst.axis] = off, off + n
-            new = OPS_BY_NAME["flow.slice"].make([x], start=start, limit=limit)
-        else:
-            new = type(op).make([x], from_tt((local_out, dt)), **vals, group=mesh.group(self.device, axis),
-                                id=self.comm_ids[op])
-        self.values[op.results[0]] = self.add(new, op.location, hint).results[0]
+        # the group follows from the mesh and the axis the collective changes
+        ident = self.take_id() if _is_slice(op) else self.comm_ids[op]
+        new = type(op).make([x], from_tt((local_out, dt)), **vals, id=ident)
+        self.values[op.results[0]] = self.add(new, op.location, op.results[0].name_hint).results[0]
 
     def send_recv(self, op: SendRecvOp) -> None:
         vals = op.attr_values()
         src, dst = self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
-        ident = self.comm_ids[op]
-        if self.device in src.devices:
-            for target in _targets(src, dst, self.device):
-                self.add(SendOp.make([self.values[op.operands[0]]], to_device=target, id=ident), op.location)
-        if self.device in dst.devices:
+        peers = {"mesh": vals["mesh"], "to_mesh": vals["to_mesh"], "id": self.comm_ids[op]}
+        if self.device in src:
+            self.add(SendOp.make([self.values[op.operands[0]]], **peers), op.location)
+        if self.device in dst:
             shape, dt = to_tt(op.results[0].type)
             local = layout.local_shape(shape, vals["to"], dst.shape, dst.coord(self.device))
-            new = RecvOp.make([], from_tt((local, dt)), from_device=_source(src, dst, self.device), id=ident)
+            new = RecvOp.make([], from_tt((local, dt)), **peers)
             self.values[op.results[0]] = self.add(new, op.location, op.results[0].name_hint).results[0]
+
+
+def result_layout(func: FuncOp, v: SSAValue, d: dict[str, Attribute]) -> tuple[str, NdSbp]:
+    """The layout a returned value of a boxed function has (insert-boxing made it the result's own when one was
+    asked)."""
+    owner = v.owner
+    if isinstance(owner, FlowOp):
+        return op_mesh(owner, func), _layout(owner.attributes[SBP])
+    if isinstance(owner, CommOp):
+        return comm_result_layout(owner, func)
+    return value_mesh(d, func), value_sbp(arg_attrs(func)[v.index])
+
+
+def _is_slice(op: Operation) -> bool:
+    return isinstance(op, CollectiveOp) and op.KIND == "slice"
 
 
 def _micro_tag(op: Operation) -> Attribute | None:
@@ -320,18 +459,6 @@ def _micro_tag(op: Operation) -> Attribute | None:
 
 def _suffix(hint: str | None, what: str) -> str | None:
     return f"{hint}.{what}" if hint else None
-
-
-def _source(src: Mesh, dst: Mesh, device: int) -> int:
-    """The device of `src` that sends to `device` of `dst`: the same coordinate, or (between meshes of
-    different shapes, where the value is broadcast) index j mod |src|."""
-    if src.shape == dst.shape:
-        return src.device_at(dst.coord(device))
-    return src.devices[dst.devices.index(device) % src.size]
-
-
-def _targets(src: Mesh, dst: Mesh, device: int) -> list[int]:
-    return [t for t in dst.devices if _source(src, dst, t) == device]
 
 
 def _norm(axes, rank: int) -> list[int]:

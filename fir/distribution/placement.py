@@ -16,8 +16,10 @@ from fir.dialects.sbp import MESH, SBP, VALUE_ATTRS, MeshOp, meshes_of, nd_to_at
 from fir.distribution.sbp import Mesh, NdSbp
 
 
-# Function attributes of a device program (written by partition).
+# Function attributes of a device program (written by partition); an SPMD program (spmd-partition) names the
+# `devices` that run it instead of one `device`.
 DEVICE = "device"
+DEVICES = "devices"
 OF = "of"
 ARGS = "args"
 RESULTS = "results"
@@ -112,8 +114,8 @@ def device_count(module: ModuleOp) -> int:
 def places(func: FuncOp) -> bool:
     """True when the function, one of its arguments or results, or one of its ops names a mesh (a comm op always
     does): the distribution passes transform it. Other functions stay single-device programs, and device programs
-    (partition's output, marked `device = K`) are already distributed."""
-    if DEVICE in func.attributes:
+    (partition's output, marked `device = K`, or spmd-partition's, marked `devices`) are already distributed."""
+    if DEVICE in func.attributes or DEVICES in func.attributes:
         return False
     if MESH in func.attributes:
         return True

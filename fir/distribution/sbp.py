@@ -9,6 +9,7 @@ The xDSL attributes that store them in IR live in fir.dialects.sbp.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -106,9 +107,16 @@ class Mesh:
         """Number of devices."""
         return len(self.devices)
 
+    @functools.cached_property
+    def _index(self) -> dict[int, int]:
+        return {d: i for i, d in enumerate(self.devices)}
+
+    def __contains__(self, device: object) -> bool:
+        return device in self._index
+
     def coord(self, device: int) -> tuple[int, ...]:
         """The mesh coordinate of a device id."""
-        idx = self.devices.index(device)
+        idx = self._index[device]
         out = []
         for d in reversed(self.shape):
             out.append(idx % d)

@@ -48,6 +48,18 @@ def _partition() -> type[ModulePass]:
     return PartitionPass
 
 
+def _spmd_partition() -> type[ModulePass]:
+    from fir.passes.spmd_partition import SpmdPartitionPass
+
+    return SpmdPartitionPass
+
+
+def _expand_devices() -> type[ModulePass]:
+    from fir.passes.expand_devices import ExpandDevicesPass
+
+    return ExpandDevicesPass
+
+
 def _microbatch() -> type[ModulePass]:
     from fir.passes.microbatch import MicrobatchPass
 
@@ -87,7 +99,8 @@ PLAN_PIPELINE = ("fuse", "schedule", "plan-memory")
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     """Pass name -> factory of the pass class, as xDSLOptMain expects."""
     return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce, "sbp-infer": _sbp_infer,
-            "insert-boxing": _insert_boxing, "partition": _partition, "microbatch": _microbatch,
+            "insert-boxing": _insert_boxing, "partition": _partition, "spmd-partition": _spmd_partition,
+            "expand-devices": _expand_devices, "microbatch": _microbatch,
             "fuse": _fuse, "schedule": _schedule, "plan-memory": _plan_memory, "cost-report": _cost_report}
 
 

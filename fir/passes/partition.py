@@ -1,4 +1,5 @@
-"""partition: one program per device, on local shapes (the work is in fir.distribution.partitioner)."""
+"""partition: one program per device, on local shapes (the work is in fir.distribution.partitioner and
+fir.distribution.expansion: the SPMD programs, then each device's instance of its class's program)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from fir.distribution.placement import placed_functions
-from fir.distribution.partitioner import partition_function
+from fir.distribution.expansion import partition_function
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from fir.distribution import layout
 from fir.dialects.attr_schema import AttrError, AttrSpec, IntListSpec, IntSpec
 from fir.syntax.diagnostics import FirError, SourceLoc, loc_of
 from fir.dialects.base import FirOp
-from fir.dialects.comm import Comm, CommOp
+from fir.dialects.comm import CollectiveOp, Comm, CommOp, RecvOp, SendOp
 from fir.dialects.base import to_tt
 from fir.dialects.flow import Flow, FlowOp, FusedOp, YieldOp
 from fir.dialects.plan import ARENA_SIZE, INSTR_ATTRS, Plan, PlanOp
 from fir.planning import plan_ir
-from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, Sbp_
+from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, PositionOp, Sbp_
 from fir.syntax.lexical import check_text
 from fir.syntax.parser import ARG_ATTRS, FUNC_ATTRS, RESULT_ATTRS, attr_message, parse_fir
 from fir.distribution.sbp import Mesh, NdSbp, Partial, Split, format_nd
@@ -179,8 +179,14 @@ def _check_func_attrs(func: FuncOp) -> None:
     where = loc_of(func.location)
     owner = f"function @{func.sym_name.data}"
     _check_attr_dict(dict(func.attributes), FUNC_ATTRS, "function", owner, where)
-    if "of" in func.attributes and "device" not in func.attributes:
-        raise FirError(f"{owner}: a device program (one with `of`) needs `device`, the device it runs on", where)
+    if "of" in func.attributes and ("device" in func.attributes) == ("devices" in func.attributes):
+        raise FirError(f"{owner}: a device program (one with `of`) needs either `device`, the device it runs on, or "
+                       "`devices` (an SPMD program), the devices that run it", where)
+    if "devices" in func.attributes:
+        devs = FUNC_ATTRS["devices"].to_python(func.attributes["devices"])
+        if not devs or any(d < 0 for d in devs) or list(devs) != sorted(set(devs)):
+            raise FirError(f"{owner}: `devices` lists the devices that run the program: distinct device ids, "
+                           f"ascending, at least one (got {list(devs)})", where)
     ftype = func.function_type
     for which, kind, n, specs in (("arg_attrs", "argument", len(ftype.inputs.data), ARG_ATTRS),
                                   ("res_attrs", "result", len(ftype.outputs.data), RESULT_ATTRS)):
@@ -256,7 +262,7 @@ class _Placement:
         floc = loc_of(func.location)
         fmesh = self.mesh(_symbol(dict(func.attributes), MESH), f"function {fname}", floc)
         # A per-device program holds local pieces: the logical shapes of its values are not known here.
-        local = "device" in func.attributes
+        local = "device" in func.attributes or "devices" in func.attributes
         block = func.body.blocks.first
         assert block is not None
         ftype = func.function_type
@@ -273,8 +279,16 @@ class _Placement:
             mesh = self.mesh(_symbol(d, MESH), what, floc) or fmesh
             nd = OP_ATTRS[SBP].to_python(d[SBP]) if SBP in d else None
             self.layout(nd, f"{what}: sbp {{}}", _shape(t, local), mesh, floc)
+        form = "device" if "device" in func.attributes else "spmd" if "devices" in func.attributes else None
         for op in block.ops:
-            if isinstance(op, CommOp):
+            _check_form(op, form)
+            if isinstance(op, PositionOp):
+                vals = op.attr_values()
+                m = self.mesh(vals["mesh"].name, op.name, loc_of(op.location))
+                if vals["axis"] >= len(m.shape):
+                    raise FirError(f"sbp.position: mesh @{m.name} has {len(m.shape)} axes, not axis {vals['axis']}",
+                                   loc_of(op.location))
+            elif isinstance(op, CommOp):
                 self.comm(op, local)
             elif isinstance(op, FirOp):
                 self.op(op, fmesh, local)
@@ -306,6 +320,26 @@ class _Placement:
             self.layout(values["from"], f"{op.name}: from {{}}", _shape(op.operands[0].type, local), src, where)
         if "to" in values and op.results:
             self.layout(values["to"], f"{op.name}: to {{}}", _shape(op.results[0].type, local), dst, where)
+
+
+def _check_form(op: Operation, form: str | None) -> None:
+    """Per-device programs name their peers and groups; SPMD programs compute them from their position; logical
+    programs have no position."""
+    where = loc_of(op.location)
+    if isinstance(op, PositionOp) and form != "spmd":
+        raise FirError("sbp.position belongs in an SPMD program (one with `devices`, spmd-partition's output)", where)
+    if isinstance(op, (SendOp, RecvOp)):
+        spmd = "to_mesh" in op.properties
+        if form == "device" and spmd:
+            raise FirError(f"'{op.name}' in a per-device program names its peer device, not meshes "
+                           "(expand-devices writes it)", where)
+        if form == "spmd" and not spmd:
+            raise FirError(f"'{op.name}' in an SPMD program names its meshes (mesh, to_mesh), not a device", where)
+    elif isinstance(op, CollectiveOp) and "id" in op.properties:
+        if form == "device" and "group" not in op.properties:
+            raise FirError(f"'{op.name}' in a per-device program needs its group", where)
+        if form == "spmd" and "group" in op.properties:
+            raise FirError(f"'{op.name}' in an SPMD program has no group: it follows from the mesh", where)
 
 
 def _value_name(v: SSAValue, index: int) -> str:

@@ -35,16 +35,18 @@ from fir.dialects.flow import check_distribution_attrs
 from fir.dialects.sbp import MeshOp
 from fir.dialects.shape_inference import ShapeError
 
-# Every op a function body may hold, by name: the flow ops, the comm ops and the plan ops.
+# Every op a function body may hold, by name: the flow ops, the comm ops, the plan ops and sbp.position.
 OPS_BY_NAME: dict[str, type[FirOp]] = {**flow_dialect.OPS_BY_NAME, **{op.name: op for op in comm_dialect.COMM_OPS},
-                                       **{op.name: op for op in plan_dialect.PLAN_OPS}}
+                                       **{op.name: op for op in plan_dialect.PLAN_OPS},
+                                       sbp_dialect.PositionOp.name: sbp_dialect.PositionOp}
 
 # Discardable attributes of functions: the placement `mesh`, and on the per-device programs that partition
-# writes, the `device` they run on, the logical function they come `of`, and the logical indices of the
-# arguments and results they hold (`args`, `results`) when not all of them.
+# writes, the `device` they run on (on SPMD programs: the `devices`), the logical function they come `of`, and
+# the logical indices of the arguments and results they hold (`args`, `results`) when not all of them.
 FUNC_ATTRS: dict[str, AttrSpec] = {
     "mesh": sbp_dialect.SymbolSpec(doc="the mesh the function's ops run on unless they name another"),
     "device": sbp_dialect.IntValueSpec(doc="a per-device program: the device it runs on"),
+    "devices": IntListSpec(doc="an SPMD program: the devices that run it"),
     "of": sbp_dialect.SymbolSpec(doc="a per-device program: the logical function it is a piece of"),
     "args": IntListSpec(doc="a per-device program: the logical index of each argument"),
     "results": IntListSpec(doc="a per-device program: the logical index of each result"),

@@ -40,7 +40,7 @@
 // -----
 
 "builtin.module"() ({
-  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: function @f: unknown function attribute 'sbp' (known: mesh, device, of, args, results, schedule, arena_size)
+  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: function @f: unknown function attribute 'sbp' (known: mesh, device, devices, of, args, results, schedule, arena_size)
   "func.func"() <{sym_name = "f", function_type = () -> ()}> ({
     "func.return"() : () -> ()
   }) {sbp = [#sbp.B]} : () -> ()

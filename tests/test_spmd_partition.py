@@ -1,0 +1,106 @@
+"""spmd-partition: one program per class of devices; expand-devices gives back each device's program."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import pytest
+
+from fir.compile import distribute
+from fir.distribution import layout
+from fir.distribution.expansion import expand_module
+from fir.distribution.partitioner import _layouts, device_classes
+from fir.distribution.placement import placed_functions
+from fir.dialects.sbp import meshes_of
+from fir.passes import available_passes
+from fir.syntax.frontend import make_context, parse_source, verify_module
+from fir.syntax.printer import print_fir
+from test_distributed_programs import _distribute_randomly
+from test_random_programs import SETTINGS, programs
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+from gpt_model import gpt_program  # noqa: E402
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def _apply(module, names: list[str]):
+    out = module.clone()
+    ctx = make_context()
+    for name in names:
+        available_passes()[name]()().apply(ctx, out)
+        verify_module(out)
+    return out
+
+
+def _boxed(module):
+    return _apply(module, ["sbp-infer", "insert-boxing"])
+
+
+def _programs(module) -> list:
+    return [f for f in module.ops if "devices" in f.attributes]
+
+
+def _classes(text: str) -> list[list[int]]:
+    boxed = _boxed(parse_source(text, "<test>"))
+    meshes, (func,) = placed_functions(boxed)
+    return device_classes(func, meshes)
+
+
+def test_even_splits_give_one_program():
+    text = ("sbp.mesh @m = [2, 4]\nfunc.func @f(%x: tensor<8x16xf32> {sbp = [S(0), S(1)]}) -> tensor<8x16xf32> "
+            "attributes {mesh = @m} {\n  %y = flow.neg %x\n  func.return %y\n}\n")
+    assert _classes(text) == [list(range(8))]
+
+
+def test_uneven_splits_give_a_program_per_side_of_each_boundary():
+    # 7 rows on 3 devices: 3, 2, 2; 5 columns on 4: 2, 1, 1, 1. The row split cuts mesh axis 0 after
+    # coordinate 0, the column split mesh axis 1 after coordinate 0: four classes.
+    text = ("sbp.mesh @m = [3, 4]\nfunc.func @f(%x: tensor<7x5xf32> {sbp = [S(0), S(1)]}) -> tensor<7x5xf32> "
+            "attributes {mesh = @m} {\n  %y = flow.neg %x\n  func.return %y\n}\n")
+    assert _classes(text) == [[0], [1, 2, 3], [4, 8], [5, 6, 7, 9, 10, 11]]
+
+
+def test_pipeline_stages_get_their_own_programs():
+    text = gpt_program(2, hidden=64, heads=4, seq=16, batch=4, vocab=128, stages=2, tp=2, dp=2)
+    assert _classes(text) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_program_count_and_size_do_not_grow_with_the_mesh():
+    sizes = []
+    for dp in (2, 16, 64):
+        text = gpt_program(2, hidden=64, heads=4, seq=16, batch=64, vocab=128, stages=2, tp=2, dp=dp)
+        progs = _programs(_apply(parse_source(text, "<gpt>"), ["sbp-infer", "insert-boxing", "spmd-partition"]))
+        assert [len(p.attributes["devices"]) for p in progs] == [2 * dp, 2 * dp]
+        sizes.append([sum(1 for _ in p.body.ops) for p in progs])
+    # the same ops whatever the mesh (a 64-row batch splits evenly over every dp here)
+    assert sizes[0] == sizes[1] == sizes[2]
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".fir")))
+def test_printed_spmd_programs_expand_to_partition(name):
+    module = parse_source(open(os.path.join(EXAMPLES, name)).read(), name)
+    spmd = _apply(module, ["sbp-infer", "insert-boxing", "spmd-partition"])
+    text = print_fir(spmd)
+    reread = parse_source(text, "<spmd>")
+    assert print_fir(reread) == text
+    expand_module(reread, meshes_of(reread))
+    assert print_fir(reread) == print_fir(distribute(module))
+
+
+@settings(max_examples=int(os.environ.get("FIR_DIST_EXAMPLES", "120")), **SETTINGS)
+@given(programs(max_ops=8), st.data())
+def test_devices_of_a_class_hold_every_value_in_one_shape(prog, data):
+    module = parse_source(prog.text, "<random>")
+    _distribute_randomly(module, data.draw)
+    boxed = _boxed(module)
+    meshes, (func,) = placed_functions(boxed)
+    classes = device_classes(func, meshes)
+    assert sorted(d for c in classes for d in c) == sorted({d for m in meshes.values() for d in m.devices})
+    for shape, nd, mesh in _layouts(func, meshes):
+        for c in classes:
+            shapes = {layout.local_shape(shape, nd, mesh.shape, mesh.coord(d)) for d in c if d in mesh}
+            assert len(shapes) <= 1, (prog.text, nd, c, shapes)
