@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
@@ -17,9 +18,11 @@ from fir.distribution.placement import placed_functions
 from fir.dialects.sbp import meshes_of
 from fir.passes import available_passes
 from fir.syntax.frontend import make_context, parse_source, verify_module
+from fir.dialects.base import to_tt
+from fir.runtime.virtual_devices import run_partitioned
 from fir.syntax.printer import print_fir
-from test_distributed_programs import _distribute_randomly
-from test_random_programs import SETTINGS, programs
+from test_distributed_programs import _close, _distribute_randomly, _working_dtype
+from test_random_programs import SETTINGS, programs, random_inputs, run, the_func
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 from gpt_model import gpt_program  # noqa: E402
@@ -104,3 +107,52 @@ def test_devices_of_a_class_hold_every_value_in_one_shape(prog, data):
         for c in classes:
             shapes = {layout.local_shape(shape, nd, mesh.shape, mesh.coord(d)) for d in c if d in mesh}
             assert len(shapes) <= 1, (prog.text, nd, c, shapes)
+
+
+@settings(max_examples=int(os.environ.get("FIR_DIST_EXAMPLES", "120")), **SETTINGS)
+@given(programs(max_ops=8), st.data(), st.integers(0, 2**32 - 1))
+def test_virtual_devices_run_spmd_programs_with_their_coordinates(prog, data, seed):
+    # Each device runs its class's program itself (no expand-devices): positions, local slices, groups and
+    # peers come from its coordinates, and the results equal the single-device run.
+    module = parse_source(prog.text, "<random>")
+    _distribute_randomly(module, data.draw)
+    inputs = random_inputs(prog, seed)
+    want = run(module, inputs)
+    spmd = _apply(module, ["sbp-infer", "insert-boxing", "spmd-partition"])
+    with np.errstate(all="ignore"):
+        got = run_partitioned(spmd, the_func(module).sym_name.data, inputs, 6)
+    for i, (g, w, t) in enumerate(zip(got, want, the_func(module).function_type.outputs.data)):
+        assert _close(g, w, _working_dtype(module, to_tt(t)[1])), f"result {i}\n{print_fir(spmd)}"
+
+
+@pytest.mark.parametrize("name", ["dp_mlp.fir", "dp_tp_mlp.fir", "pipeline4_train_mlp.fir", "pipeline_mlp.fir",
+                                  "pipeline_train_mlp.fir", "tp_attention.fir", "tp_mlp.fir"])
+def test_examples_run_as_spmd_programs(name):
+    module = parse_source(open(os.path.join(EXAMPLES, name)).read(), name)
+    (func,) = placed_functions(module)[1]
+    rng = np.random.default_rng(0)
+    inputs = [_input(rng, a.type) for a in func.body.blocks.first.args]
+    want = run_partitioned(distribute(module), func.sym_name.data, inputs, 8)
+    spmd = _apply(module, ["sbp-infer", "insert-boxing", "spmd-partition"])
+    got = run_partitioned(spmd, func.sym_name.data, inputs, 8)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def _input(rng, t):
+    shape, dt = to_tt(t)
+    if dt in ("i32", "i64"):
+        return rng.integers(0, 2, shape).astype(dt.replace("i", "int"))
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("mesh,sbp,dtype", [("[3]", "[S(0)]", "i32"), ("[2, 2]", "[S(0), S(0)]", "i64"),
+                                            ("[2, 3]", "[S(1), S(0)]", "f32")])
+def test_iota_offsets_come_from_positions(mesh, sbp, dtype):
+    # uneven pieces, nested splits of one axis, and a float iota (its offset computed in i64, then cast)
+    text = (f"sbp.mesh @m = {mesh}\nfunc.func @f() -> tensor<7x5x{dtype}> attributes {{mesh = @m}} {{\n"
+            f"  %i = flow.iota {{axis = 0, sbp = {sbp}}} : tensor<7x5x{dtype}>\n  func.return %i\n}}\n")
+    spmd = _apply(parse_source(text, "<iota>"), ["sbp-infer", "insert-boxing", "spmd-partition"])
+    assert len(_programs(spmd)) > 1 and "sbp.position" in print_fir(spmd)
+    (got,) = run_partitioned(spmd, "f", [], 6)
+    np.testing.assert_array_equal(got, np.broadcast_to(np.arange(7)[:, None], (7, 5)).astype(got.dtype))

@@ -545,7 +545,7 @@ def device_inputs(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_
     plans, partitioned = entry_plans(module, entry)
     if not partitioned:
         return plans, False, {0: list(inputs)}
-    programs = list(plans.values())
+    programs = list(plans.items())
     name = entry.lstrip("@")
     check_programs(module, programs, name, n_devices if n_devices is not None else devices_needed(module))
     return plans, True, scatter_inputs(module, programs, inputs)
@@ -556,7 +556,7 @@ def logical_outputs(module: ModuleOp, entry: str, plans: dict[int, FuncOp], part
     """The logical results of @entry from each device's results (gathered by their SBP)."""
     if not partitioned:
         return outs[0]
-    return gather_results(module, entry.lstrip("@"), list(plans.values()), outs)
+    return gather_results(module, entry.lstrip("@"), list(plans.items()), outs)
 
 
 def execute_plan(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_devices: int | None = None,

@@ -2,8 +2,9 @@
 
 fir-run executes plans (fir.runtime.plan_executor); this runner executes partition's device programs directly, so the
 tests can check the distribution passes apart from scheduling and memory planning. Each device runs its own program
-(the `@f.devK` functions partition made) over its own memory: a dictionary of the numpy arrays it holds, never shared
-with another device. A program is a generator that stops at every comm op; the scheduler resumes devices round-robin
+(the `@f.devK` functions partition made, or the SPMD program of its class that spmd-partition made, with its own
+coordinates: its `sbp.position`, its piece in a comm.slice, its group in a collective, its peers in a send or
+receive) over its own memory: a dictionary of the numpy arrays it holds, never shared with another device. A program is a generator that stops at every comm op; the scheduler resumes devices round-robin
 and completes a collective once every member of its group has arrived, moving real copies of the data between the
 devices' memories (fir.runtime.collectives). Sends are buffered; a receive waits for its send. Logical inputs are
 scattered to the devices by their SBP and the results gathered back (fir.distribution.layout); the plan executor
@@ -27,9 +28,10 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
-from fir.dialects.sbp import MeshOp, meshes_of
-from fir.distribution.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name, value_mesh,
-                           value_sbp)
+from fir.dialects.sbp import MeshOp, PositionOp, meshes_of
+from fir.distribution.expansion import program_devices, source, targets
+from fir.distribution.placement import (ARGS, DEVICE, DEVICES, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name,
+                                        value_mesh, value_sbp)
 from fir.runtime import collectives
 from fir.runtime.interpreter import evaluate_op
 from fir.runtime.reference import KernelError
@@ -71,10 +73,17 @@ class _Recv:
     key: tuple
 
 
-def device_programs(module: ModuleOp, name: str) -> list[FuncOp]:
-    """The device functions partition made of logical function @name, by device."""
-    progs = [f for f in module.ops if isinstance(f, FuncOp) and symbol_name(f.attributes.get(OF)) == name]
-    return sorted(progs, key=lambda f: f.attributes[DEVICE].value.data)
+# A device and the program it runs (its own, or its class's SPMD program).
+Run = tuple[int, FuncOp]
+
+
+def device_programs(module: ModuleOp, name: str) -> list[Run]:
+    """Each device and the program it runs of logical function @name (partition's or spmd-partition's), by device."""
+    runs = []
+    for f in module.ops:
+        if isinstance(f, FuncOp) and symbol_name(f.attributes.get(OF)) == name:
+            runs += [(d, f) for d in program_devices(f)] if DEVICES in f.attributes else [(device_of(f), f)]
+    return sorted(runs, key=lambda r: r[0])
 
 
 def devices_needed(module: ModuleOp) -> int:
@@ -91,7 +100,7 @@ def check_devices(module: ModuleOp, n: int) -> None:
                            loc_of(op.location))
 
 
-def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list[np.ndarray]]:
+def _run(dev: VirtualDevice, args: list[np.ndarray], meshes: dict[str, Mesh]) -> Generator[Any, Any, list[np.ndarray]]:
     block = dev.func.body.blocks.first
     assert block is not None
     for a, x in zip(block.args, args):
@@ -105,17 +114,40 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
                 out = evaluate_op(op, ins)
             except KernelError as e:
                 raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
+        elif isinstance(op, PositionOp):
+            vals = op.attr_values()
+            coord = _mesh(meshes, vals["mesh"].name, dev.id, op).coord(dev.id)[vals["axis"]]
+            out = np.array(coord, dtype=dtypes.numpy_dtype(to_tt(op.results[0].type)[1]))
+        elif isinstance(op, CollectiveOp) and "group" not in op.properties and "id" in op.properties:
+            # an SPMD program's collective: the group follows from the mesh and the axis it changes
+            vals = op.attr_values()
+            mesh = _mesh(meshes, vals["mesh"].name, dev.id, op)
+            axis, _, dst = op.transition()
+            if op.KIND == "slice":  # B -> S: the device keeps its piece, no data moves
+                out = collectives.local_slice(ins[0], dst.axis, mesh.shape[axis], mesh.coord(dev.id)[axis])
+            else:
+                out = yield _Collective(op, (vals["id"], tuple(mesh.group(dev.id, axis)))), ins[0]
         elif isinstance(op, CollectiveOp):
             vals = op.attr_values()
             group = op.group_for(dev.id)
             out = yield _Collective(op, (vals["id"], group)), ins[0]
         elif isinstance(op, SendOp):
             vals = op.attr_values()
-            yield _Send(op, (vals["id"], dev.id, vals["to_device"])), ins[0]
+            if "to_mesh" in vals:
+                src, dst = (_mesh(meshes, vals[k].name, dev.id if k == "mesh" else None, op) for k in ("mesh", "to_mesh"))
+                for t in targets(src, dst, dev.id):
+                    yield _Send(op, (vals["id"], dev.id, t)), ins[0]
+            else:
+                yield _Send(op, (vals["id"], dev.id, vals["to_device"])), ins[0]
             continue
         elif isinstance(op, RecvOp):
             vals = op.attr_values()
-            out = yield _Recv(op, (vals["id"], vals["from_device"], dev.id)), None
+            if "to_mesh" in vals:
+                src, dst = (_mesh(meshes, vals[k].name, dev.id if k == "to_mesh" else None, op) for k in ("mesh", "to_mesh"))
+                peer = source(src, dst, dev.id)
+            else:
+                peer = vals["from_device"]
+            out = yield _Recv(op, (vals["id"], peer, dev.id)), None
         else:
             raise FirError(f"'{op.name}' cannot run on a virtual device", loc_of(op.location))
         want = to_tt(op.results[0].type)
@@ -124,6 +156,14 @@ def _run(dev: VirtualDevice, args: list[np.ndarray]) -> Generator[Any, Any, list
                            f"{op.results[0].type}", loc_of(op.location))
         dev.store(op.results[0], out)
     raise AssertionError("a function ends with func.return")
+
+
+def _mesh(meshes: dict[str, Mesh], name: str, device: int | None, op: Any) -> Mesh:
+    """A mesh an SPMD program's op names, holding `device` when one is given (FirError otherwise)."""
+    mesh = meshes.get(name)
+    if mesh is None or (device is not None and device not in mesh):
+        raise FirError(f"device {device}: '{op.name}' names mesh @{name}, which does not hold it", loc_of(op.location))
+    return mesh
 
 
 def complete_collective(ops: Sequence[CollectiveOp], arrays: list[np.ndarray],
@@ -167,10 +207,11 @@ def _describe(dev_id: int, req: Any) -> str:
     return f"device {dev_id} waits in comm.recv (id {req.key[0]}) from device {req.key[1]}"
 
 
-def execute(programs: Sequence[FuncOp], device_args: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
+def execute(programs: Sequence[Run], device_args: dict[int, list[np.ndarray]],
+            meshes: dict[str, Mesh] | None = None) -> dict[int, list[np.ndarray]]:
     """Run device programs to completion; returns each device's results."""
-    devices = {device_of(f): VirtualDevice(device_of(f), f) for f in programs}
-    gens = {d: _run(dev, device_args[d]) for d, dev in devices.items()}
+    devices = {d: VirtualDevice(d, f) for d, f in programs}
+    gens = {d: _run(dev, device_args[d], meshes or {}) for d, dev in devices.items()}
     resume: dict[int, Any] = {d: None for d in gens}  # devices ready to run, with the value to resume with
     waiting: dict[int, Any] = {}
     arrived: dict[tuple, dict[int, np.ndarray]] = {}
@@ -231,13 +272,12 @@ def device_of(f: FuncOp) -> int:
     return int(f.attributes[DEVICE].value.data)
 
 
-def check_programs(module: ModuleOp, programs: Sequence[FuncOp], name: str, n_devices: int) -> None:
+def check_programs(module: ModuleOp, programs: Sequence[Run], name: str, n_devices: int) -> None:
     """Raise a FirError unless there are device programs of @name, one per device, all within `n_devices`."""
     if not programs:
         raise FirError(f"no device programs of @{name} (run the partition pass)")
     seen: dict[int, FuncOp] = {}
-    for f in programs:
-        d = device_of(f)
+    for d, f in programs:
         if d in seen:
             raise FirError(f"@{seen[d].sym_name.data} and @{f.sym_name.data} are both device {d}'s program of "
                            f"@{name}", loc_of(f.location))
@@ -247,14 +287,13 @@ def check_programs(module: ModuleOp, programs: Sequence[FuncOp], name: str, n_de
                            f"(use --devices {devices_needed(module)})", loc_of(f.location))
 
 
-def scatter_inputs(module: ModuleOp, programs: Sequence[FuncOp],
+def scatter_inputs(module: ModuleOp, programs: Sequence[Run],
                    inputs: Sequence[np.ndarray]) -> dict[int, list[np.ndarray]]:
     """Each device's arguments: its pieces of the logical inputs, laid out by the arguments' SBP."""
     meshes = meshes_of(module)
     scattered: dict[tuple, dict[int, np.ndarray]] = {}
     device_args: dict[int, list[np.ndarray]] = {}
-    for f in programs:
-        d = device_of(f)
+    for d, f in programs:
         block_args = f.body.blocks.first.args  # type: ignore[union-attr]
         index = _indices(f, ARGS, len(inputs), len(block_args))
         args = []
@@ -276,13 +315,12 @@ def scatter_inputs(module: ModuleOp, programs: Sequence[FuncOp],
     return device_args
 
 
-def gather_results(module: ModuleOp, name: str, programs: Sequence[FuncOp],
+def gather_results(module: ModuleOp, name: str, programs: Sequence[Run],
                    outs: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
     """The logical results of @name, assembled from each device's results by their SBP."""
     meshes = meshes_of(module)
     pieces: dict[int, tuple[Mesh, NdSbp, dict[int, np.ndarray]]] = {}
-    for f in programs:
-        d = device_of(f)
+    for d, f in programs:
         index = _indices(f, RESULTS, None, len(outs[d]))
         for k, (i, attrs, x) in enumerate(zip(index, res_attrs(f), outs[d])):
             mesh, nd = _value_layout(meshes, attrs, f, d, f"result {k} of @{f.sym_name.data} (logical result {i})",
@@ -293,25 +331,25 @@ def gather_results(module: ModuleOp, name: str, programs: Sequence[FuncOp],
             pieces[i][2][d] = x
     if sorted(pieces) != list(range(len(pieces))):
         raise FirError(f"the device programs of @{name} return results {sorted(pieces)}, not 0 to {len(pieces) - 1}",
-                       loc_of(programs[0].location))
+                       loc_of(programs[0][1].location))
     result = []
     for i in sorted(pieces):
         mesh, nd, locals_ = pieces[i]
         missing = [m for m in mesh.devices if m not in locals_]
         if missing:
             raise FirError(f"result {i} is on @{mesh.name}, but device {missing[0]} returns no piece of it",
-                           loc_of(programs[0].location))
+                           loc_of(programs[0][1].location))
         if len({x.ndim for x in locals_.values()}) != 1:
-            raise FirError(f"the devices' pieces of result {i} differ in rank", loc_of(programs[0].location))
+            raise FirError(f"the devices' pieces of result {i} differ in rank", loc_of(programs[0][1].location))
         bad = layout.broadcast_mismatch(locals_, nd, mesh)
         if bad is not None:
             raise FirError(f"result {i} is broadcast ({format_nd(nd)}), but device {bad} holds a different copy",
-                           loc_of(programs[0].location))
+                           loc_of(programs[0][1].location))
         shape = _logical_shape(locals_, nd, mesh)
         try:
             result.append(layout.assemble(locals_, nd, mesh, shape, next(iter(locals_.values())).dtype))
         except ValueError as e:  # a device's piece has the wrong shape
-            raise FirError(f"result {i} ({format_nd(nd)} on @{mesh.name}): {e}", loc_of(programs[0].location)) from None
+            raise FirError(f"result {i} ({format_nd(nd)} on @{mesh.name}): {e}", loc_of(programs[0][1].location)) from None
     return result
 
 
@@ -319,7 +357,7 @@ def run_partitioned(module: ModuleOp, name: str, inputs: Sequence[np.ndarray], n
     """Scatter logical inputs, run every device program of @name, gather the logical results."""
     programs = device_programs(module, name)
     check_programs(module, programs, name, n_devices)
-    outs = execute(programs, scatter_inputs(module, programs, inputs))
+    outs = execute(programs, scatter_inputs(module, programs, inputs), meshes_of(module))
     return gather_results(module, name, programs, outs)
 
 
