@@ -16,7 +16,9 @@ from fir.distribution.expansion import expand_module
 from fir.distribution.partitioner import _layouts, device_classes
 from fir.distribution.placement import placed_functions
 from fir.dialects.sbp import meshes_of
-from fir.passes import available_passes
+from fir.passes import available_passes, parse_pipeline
+from fir.planning.plan_ir import is_plan
+from fir.runtime.plan_executor import execute_plan
 from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.dialects.base import to_tt
 from fir.runtime.virtual_devices import run_partitioned
@@ -156,3 +158,52 @@ def test_iota_offsets_come_from_positions(mesh, sbp, dtype):
     assert len(_programs(spmd)) > 1 and "sbp.position" in print_fir(spmd)
     (got,) = run_partitioned(spmd, "f", [], 6)
     np.testing.assert_array_equal(got, np.broadcast_to(np.arange(7)[:, None], (7, 5)).astype(got.dtype))
+
+
+SPMD_PLAN = ["sbp-infer", "insert-boxing", "spmd-partition", "fuse", "schedule", "plan-memory"]
+
+
+@pytest.mark.parametrize("name", ["dp_mlp.fir", "dp_tp_mlp.fir", "pipeline4_train_mlp.fir", "pipeline_mlp.fir",
+                                  "pipeline_train_mlp.fir", "tp_attention.fir", "tp_mlp.fir"])
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_spmd_plans_expand_to_plans_that_run(name, microbatches):
+    # fuse, schedule and plan-memory on the SPMD programs (one plan per class of devices), then each device's
+    # plan: the same instructions with its constants, checked under the adversarial interleaving
+    module = parse_source(open(os.path.join(EXAMPLES, name)).read(), name)
+    (func,) = placed_functions(module)[1]
+    rng = np.random.default_rng(1)
+    inputs = [_input(rng, a.type) for a in func.body.blocks.first.args]
+    want = run_partitioned(distribute(module), func.sym_name.data, inputs, 8)
+    passes = ([f"microbatch{{count={microbatches}}}"] if microbatches > 1 else []) + SPMD_PLAN
+    planned = _apply_spec(module, passes)
+    assert all(is_plan(p) for p in _programs(planned)) and len(_programs(planned)) < 8
+    expand_module(planned, meshes_of(planned))
+    verify_module(planned)
+    got = execute_plan(planned, func.sym_name.data, inputs, 8, "adversarial").outputs
+    for g, w in zip(got, want):
+        assert _close(g, w, "f32")  # micro-batches reorder sums: a tolerance relative to the magnitude
+
+
+def _apply_spec(module, names: list[str]):
+    out = module.clone()
+    ctx = make_context()
+    for p in parse_pipeline(",".join(names)):
+        p.apply(ctx, out)
+        verify_module(out)
+    return out
+
+
+@settings(max_examples=int(os.environ.get("FIR_DIST_EXAMPLES", "120")) // 2, **SETTINGS)
+@given(programs(max_ops=8), st.data(), st.integers(0, 2**32 - 1))
+def test_random_spmd_plans_run(prog, data, seed):
+    module = parse_source(prog.text, "<random>")
+    _distribute_randomly(module, data.draw)
+    inputs = random_inputs(prog, seed)
+    want = run(module, inputs)
+    planned = _apply_spec(module, SPMD_PLAN)
+    expand_module(planned, meshes_of(planned))
+    verify_module(planned)
+    with np.errstate(all="ignore"):
+        got = execute_plan(planned, the_func(module).sym_name.data, inputs, 6, "adversarial", seed).outputs
+    for i, (g, w, t) in enumerate(zip(got, want, the_func(module).function_type.outputs.data)):
+        assert _close(g, w, _working_dtype(module, to_tt(t)[1])), f"result {i}\n{print_fir(planned)}"

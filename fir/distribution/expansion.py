@@ -6,6 +6,11 @@ becomes a flow.slice at the device's offsets; each collective names its `group` 
 this one only along the axis it changes); a comm.send names each device it sends to (`to_device`: none, one or
 several) and a comm.recv the device it receives from (`from_device`). The result is `partition`'s per-device
 form: `@<name>.dev<k>` with `device = k`.
+
+A planned SPMD program (after schedule and plan-memory) expands the same way, but nothing folds: every
+instruction keeps its stream, micro-batch and arena offset, `sbp.position` becomes a `flow.fill` of the
+coordinate in its place, and a split constant stays whole (a flow.slice keeps each piece), so the per-device
+plans are exactly the SPMD plan's instructions with the device's constants.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from xdsl.dialects.builtin import FunctionType, IntegerAttr, ModuleOp, SymbolRefAttr, i64
+from xdsl.dialects.builtin import FunctionType, IntegerAttr, ModuleOp, i64
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 
@@ -21,11 +26,11 @@ from fir.dialects import dtypes
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import OPS_BY_NAME, FlowOp
-from fir.dialects.plan import MICRO
+from fir.dialects.plan import INSTR_ATTRS, MICRO, SCHEDULE
 from fir.dialects.sbp import PositionOp
 from fir.distribution import layout
 from fir.distribution.partitioner import ProgramBuilder, spmd_partition
-from fir.distribution.placement import ARGS, DEVICE, DEVICES, OF, RESULTS, symbol_name
+from fir.distribution.placement import DEVICE, DEVICES, OF, symbol_name
 from fir.distribution.sbp import Mesh, Split
 from fir.syntax.diagnostics import FirError, loc_of
 
@@ -97,7 +102,8 @@ class Expander:
         self.prog = prog
         self.meshes = meshes
         self.device = device
-        self.folds, self.absorbed = analysis or _symbolic(prog)
+        self.planned = SCHEDULE in prog.attributes
+        self.folds, self.absorbed = (set(), set()) if self.planned else analysis or _symbolic(prog)
         self.values: dict[SSAValue, SSAValue] = {}
         self.known: dict[SSAValue, int | float] = {}
         # The values of split constants whose pieces are not written yet, with their flow.constant.
@@ -119,7 +125,13 @@ class Expander:
                 self.known[op.results[0]] = op.attr_values()["value"]
             elif op in self.folds:
                 self.fold(op)
-            elif op.name == "flow.constant" and _only_sliced(op.results[0]):
+            elif isinstance(op, PositionOp):  # in a plan: the coordinate, written where the position was
+                vals = op.attr_values()
+                coord = self.meshes[vals["mesh"].name].coord(self.device)[vals["axis"]]
+                fill = OPS_BY_NAME["flow.fill"].make([], op.results[0].type, value=float(coord))
+                fill.results[0].name_hint = op.results[0].name_hint
+                self.values[op.results[0]] = self.add(fill, op).results[0]
+            elif op.name == "flow.constant" and not self.planned and _only_sliced(op.results[0]):
                 # a split constant: each device writes only its piece (see collective)
                 value, (shape, _) = op.attr_values()["value"], to_tt(op.results[0].type)
                 self.pieces[op.results[0]] = (np.broadcast_to(np.asarray(value), shape), op)
@@ -137,16 +149,17 @@ class Expander:
                      Region(self.block), arg_attrs=prog.arg_attrs, res_attrs=prog.res_attrs)
         dev.location = prog.location
         dev.attributes[DEVICE] = IntegerAttr(self.device, i64)
-        dev.attributes[OF] = SymbolRefAttr(name)
-        for key in (ARGS, RESULTS):
-            if key in prog.attributes:
-                dev.attributes[key] = prog.attributes[key]
+        for key, attr in prog.attributes.items():  # of, args, results, and a plan's schedule and arena size
+            if key != DEVICES:
+                dev.attributes[key] = attr
         return dev
 
     def add(self, op: Operation, like: Operation) -> Operation:
         op.location = like.location
-        if MICRO in like.attributes and not isinstance(op, ReturnOp):
-            op.attributes[MICRO] = like.attributes[MICRO]
+        if not isinstance(op, ReturnOp):  # the micro-batch, and in a plan the stream and arena offset
+            for name, attr in like.attributes.items():
+                if name == MICRO or (self.planned and name in INSTR_ATTRS):
+                    op.attributes[name] = attr
         self.origin[op] = like
         self.block.add_op(op)
         return op
@@ -172,7 +185,7 @@ class Expander:
         self.known[op.results[0]] = float(value) if dtypes.is_float(dt) else int(value)
 
     def clone(self, op: Operation) -> None:
-        if op.name == "flow.add" and any(self.known.get(v) == 0 for v in op.operands):
+        if not self.planned and op.name == "flow.add" and any(self.known.get(v) == 0 for v in op.operands):
             # adding an offset of zero (the first piece): the other operand is the value
             other = op.operands[0] if self.known.get(op.operands[1]) == 0 else op.operands[1]
             if other.type == op.results[0].type and other not in self.known:

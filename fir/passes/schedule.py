@@ -10,7 +10,8 @@ from xdsl.dialects.func import FuncOp
 from xdsl.passes import ModulePass
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.plan import ORDERS, SCHEDULE
-from fir.distribution.placement import DEVICE, OF, places, symbol_name
+from fir.dialects.sbp import meshes_of
+from fir.distribution.placement import DEVICE, DEVICES, OF, places, symbol_name
 from fir.planning.scheduler import schedule_group
 
 
@@ -32,7 +33,9 @@ class SchedulePass(ModulePass):
             if places(func):
                 raise FirError(f"@{func.sym_name.data} is placed on a mesh: run sbp-infer, insert-boxing and "
                                "partition before schedule", loc_of(func.location))
-            key = symbol_name(func.attributes.get(OF)) if DEVICE in func.attributes else None
+            device_program = DEVICE in func.attributes or DEVICES in func.attributes
+            key = symbol_name(func.attributes.get(OF)) if device_program else None
             groups[key or func.sym_name.data].append(func)
+        meshes = meshes_of(op)
         for funcs in groups.values():
-            schedule_group(funcs, self.order)
+            schedule_group(funcs, self.order, meshes)

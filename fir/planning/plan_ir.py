@@ -14,6 +14,7 @@ from fir.dialects.comm import AllReduceOp, CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, CastOp, FlowOp, ReshapeOp
 from fir.dialects.plan import OFFSET, SCHEDULE, STREAM, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.dtypes import nbytes
+from fir.dialects.sbp import PositionOp
 from fir.distribution.placement import DEVICE, OF, int_value, symbol_name
 
 
@@ -140,7 +141,7 @@ def stream_for(op: Operation) -> str:
     """The stream an instruction of this kind runs on: kernels on compute, collectives on comm, sends and
     receives on send and recv, host copies on h2d and d2h."""
     if isinstance(op, CollectiveOp):
-        return "comm"
+        return "compute" if op.KIND == "slice" else "comm"  # a B -> S slice is a local copy
     if isinstance(op, SendOp):
         return "send"
     if isinstance(op, RecvOp):
@@ -149,7 +150,7 @@ def stream_for(op: Operation) -> str:
         return "h2d"
     if isinstance(op, StoreOp):
         return "d2h"
-    if isinstance(op, FlowOp):
+    if isinstance(op, (FlowOp, PositionOp)):
         return "compute"
     raise FirError(f"'{op.name}' cannot be scheduled (a plan runs flow, comm and plan ops)", loc_of(op.location))
 

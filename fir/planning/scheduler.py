@@ -1,7 +1,10 @@
 """schedule: turn device programs into execution plans — ordered instructions on streams, synchronised by events.
 
-Every device program (`@f.devK`, partition's output) and every function on no mesh (one device) becomes a plan
-(fir/dialects/plan.py). Instructions go on the stream of their kind: flow ops on `compute`, collectives on
+Every device program (`@f.devK`, partition's output, or `@f.pK`, spmd-partition's program of a class of
+devices, which all run the one plan) and every function on no mesh (one device) becomes a plan
+(fir/dialects/plan.py). Nothing below depends on which device of a class runs a plan: transfers pair by their
+`id`, the devices of a pipeline stage are those that share collectives, and sends are ordered for the peer of
+the class's first device. Instructions go on the stream of their kind: flow ops on `compute`, collectives on
 `comm`, comm.send / comm.recv on `send` / `recv`, host copies on `h2d` / `d2h`. Arguments are loaded with
 `plan.load` (a `flow.slice` of an argument — how `microbatch` cuts micro-batches — becomes a load of just that
 box); results are copied out with `plan.store` right after they are computed.
@@ -36,14 +39,33 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import MICRO, SCHEDULE, STREAM, LoadOp, PlanOp, RecordOp, StoreOp, WaitOp
-from fir.distribution.placement import DEVICE, OF, int_value, symbol_name
+from fir.distribution.expansion import program_devices, source, targets
+from fir.distribution.placement import DEVICE, DEVICES, OF, int_value, symbol_name
+from fir.distribution.sbp import Mesh
 from fir.planning.plan_ir import event_of, record_after, stream_attr, stream_for, stream_of, wait_before
 
 
-def _device(func: FuncOp) -> int:
-    """The device of a device program; a function on no mesh runs on device 0."""
+def _first_device(func: FuncOp) -> int:
+    """The device of a device program (an SPMD program's first); a function on no mesh runs on device 0."""
+    if DEVICES in func.attributes:
+        return program_devices(func)[0]
     d = int_value(func, DEVICE)
     return 0 if d is None else d
+
+
+def _owners(funcs: list[FuncOp]) -> dict[int, FuncOp]:
+    """The program each device runs."""
+    return {d: f for f in funcs for d in (program_devices(f) if DEVICES in f.attributes else [_first_device(f)])}
+
+
+def _peers(o: SendOp | RecvOp, func: FuncOp, meshes: dict[str, Mesh]) -> list[int]:
+    """The devices the program's first device sends to (a send) or receives from (a receive)."""
+    v = o.attr_values()
+    if "to_mesh" not in v:
+        return [v["to_device"]] if isinstance(o, SendOp) else [v["from_device"]]
+    src, dst = meshes[v["mesh"].name], meshes[v["to_mesh"].name]
+    me = _first_device(func)
+    return targets(src, dst, me) if isinstance(o, SendOp) else [source(src, dst, me)]
 
 
 def _body(func: FuncOp) -> list[Operation]:
@@ -57,12 +79,12 @@ def _body(func: FuncOp) -> list[Operation]:
 def _tasks(funcs: list[FuncOp]) -> dict[Operation, tuple[int, int]]:
     """(phase, micro-batch) of every op of every device program of one logical function."""
     bodies = {f: _body(f) for f in funcs}
-    sends: dict[tuple[int, int, int], SendOp] = {}
+    # The sends of one transfer (one id) run the same program on every sending device: one phase.
+    sends: dict[int, list[SendOp]] = defaultdict(list)
     for f, ops in bodies.items():
         for o in ops:
             if isinstance(o, SendOp):
-                v = o.attr_values()
-                sends[(v["id"], _device(f), v["to_device"])] = o
+                sends[o.attr_values()["id"]].append(o)
     phase: dict[Operation, int] = {}
     micro: dict[Operation, int] = {}
     # As soon as possible: sweeps in program order until nothing changes. A sweep settles at least one more
@@ -75,11 +97,10 @@ def _tasks(funcs: list[FuncOp]) -> dict[Operation, tuple[int, int]]:
                 for src in (v.owner for v in o.operands):
                     if isinstance(src, Operation):
                         p, m = max(p, phase.get(src, 0)), max(m, micro.get(src, 0))
-                if isinstance(o, RecvOp):
-                    v = o.attr_values()
-                    send = sends.get((v["id"], v["from_device"], _device(f)))
-                    if send is not None:
-                        p, m = phase.get(send, 0) + 1, micro.get(send, 0)
+                if isinstance(o, RecvOp) and o.attr_values()["id"] in sends:
+                    peers = sends[o.attr_values()["id"]]
+                    p = max(phase.get(send, 0) for send in peers) + 1
+                    m = max(micro.get(send, 0) for send in peers)
                 if MICRO in o.attributes:
                     m = max(m, o.attributes[MICRO].value.data)  # type: ignore[attr-defined]
                 if (phase.get(o), micro.get(o)) != (p, m):
@@ -131,11 +152,12 @@ def task_order(tasks: set[tuple[int, int]], order: str, stage: tuple[int, int] |
     return {t: rank[slot[t]] for t in tasks}
 
 
-def schedule_group(funcs: list[FuncOp], order: str) -> None:
+def schedule_group(funcs: list[FuncOp], order: str, meshes: dict[str, Mesh] | None = None) -> None:
+    """Turn the device programs of one logical function (per-device or SPMD) into plans."""
     tasks = _tasks(funcs)
     stages = _stage_phases(funcs, tasks)
-    issues = {f: _issue_order(f, tasks, order, stages.get(_device(f))) for f in funcs}
-    _pair_transfers(issues)
+    issues = {f: _issue_order(f, tasks, order, stages.get(f)) for f in funcs}
+    _pair_transfers(issues, meshes or {})
     for f, ops in issues.items():
         block = f.body.blocks.first
         assert block is not None and block.last_op is not None
@@ -146,74 +168,75 @@ def schedule_group(funcs: list[FuncOp], order: str) -> None:
         f.attributes[SCHEDULE] = StringAttr(order)
 
 
-def _pair_transfers(issues: dict[FuncOp, list[Operation]]) -> None:
+def _pair_transfers(issues: dict[FuncOp, list[Operation]], meshes: dict[str, Mesh]) -> None:
     """Issue each device's sends to a peer in the order the peer issues its receives from it: NCCL pairs the
     transfers between two devices in issue order. Only sends move, and only later (their data is ready earlier,
-    and nothing on their device reads them)."""
-    expected: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+    and nothing on their device reads them). Programs stand for their devices (the first one's peers)."""
+    owner = _owners(list(issues))
+    expected: dict[tuple[FuncOp, FuncOp], deque[int]] = defaultdict(deque)
     for f, ops in issues.items():
         for o in ops:
-            if isinstance(o, RecvOp):
-                v = o.attr_values()
-                expected[(v["from_device"], _device(f))].append(v["id"])
+            if isinstance(o, RecvOp) and _peers(o, f, meshes)[0] in owner:
+                expected[(owner[_peers(o, f, meshes)[0]], f)].append(o.attr_values()["id"])
     for f, ops in issues.items():
-        src = _device(f)
-        held: dict[tuple[int, int], SendOp] = {}
+        held: dict[tuple[FuncOp, int], SendOp] = {}
         out: list[Operation] = []
         for o in ops:
-            if not isinstance(o, SendOp):
-                out.append(o)
+            peers = [p for p in _peers(o, f, meshes) if p in owner] if isinstance(o, SendOp) else []
+            if not peers:
+                out.append(o)  # not a send, or one with no peer that runs a program: keep its place
                 continue
             v = o.attr_values()
-            channel = expected[(src, v["to_device"])]
+            to = owner[peers[0]]
+            channel = expected[(f, to)]
             if channel and channel[0] != v["id"]:
-                held[(v["to_device"], v["id"])] = o  # the peer receives another one first
+                held[(to, v["id"])] = o  # the peer receives another one first
                 continue
             out.append(o)
             if channel:
                 channel.popleft()
-            while channel and (v["to_device"], channel[0]) in held:
-                out.append(held.pop((v["to_device"], channel.popleft())))
+            while channel and (to, channel[0]) in held:
+                out.append(held.pop((to, channel.popleft())))
         out.extend(held.values())  # sends nobody receives keep their relative order at the end
         ops[:] = out
 
 
-def _stage_phases(funcs: list[FuncOp], tasks: dict[Operation, tuple[int, int]]) -> dict[int, tuple[int, int]]:
-    """Per device, the forward and backward phases of its stage (the devices that share collectives): the first
-    phase in which the stage sends (its output goes downstream), and the last in which it moves data that its
-    work reads (a gradient coming back; not a result passed through for the host). The members of a stage must
-    agree, or they would issue their collectives in different orders."""
-    stage = {_device(f): _device(f) for f in funcs}
+def _stage_phases(funcs: list[FuncOp], tasks: dict[Operation, tuple[int, int]]) -> dict[FuncOp, tuple[int, int]]:
+    """Per program, the forward and backward phases of its stage (the programs that share collectives: a
+    collective's members share its id): the first phase in which the stage sends (its output goes downstream),
+    and the last in which it moves data that its work reads (a gradient coming back; not a result passed through
+    for the host). The members of a stage must agree, or they would issue their collectives in different
+    orders."""
+    stage = {f: f for f in funcs}
 
-    def find(d: int) -> int:
-        while stage[d] != d:
-            stage[d] = stage[stage[d]]
-            d = stage[d]
-        return d
+    def find(f: FuncOp) -> FuncOp:
+        while stage[f] is not f:
+            stage[f] = stage[stage[f]]
+            f = stage[f]
+        return f
 
-    sends: dict[int, set[int]] = defaultdict(set)
-    marks: dict[int, set[int]] = defaultdict(set)
+    sends: dict[FuncOp, set[int]] = defaultdict(set)
+    marks: dict[FuncOp, set[int]] = defaultdict(set)
+    by_id: dict[int, FuncOp] = {}
     for f in funcs:
-        d = _device(f)
         for o in _body(f):
             if isinstance(o, SendOp):
-                sends[d].add(tasks[o][0])
+                sends[f].add(tasks[o][0])
             if isinstance(o, SendOp) or isinstance(o, CollectiveOp) or (isinstance(o, RecvOp) and _readers(o)):
-                marks[d].add(tasks[o][0])
-            if isinstance(o, CollectiveOp) and "group" in o.attr_values():
-                for member in o.attr_values()["group"]:
-                    if member in stage:
-                        stage[find(member)] = find(d)
-    shared_sends: dict[int, set[int]] = defaultdict(set)
-    shared_marks: dict[int, set[int]] = defaultdict(set)
-    for d in stage:
-        shared_sends[find(d)] |= sends[d]
-        shared_marks[find(d)] |= marks[d]
+                marks[f].add(tasks[o][0])
+            if isinstance(o, CollectiveOp) and "id" in o.properties:
+                first = by_id.setdefault(o.attr_values()["id"], f)
+                stage[find(first)] = find(f)
+    shared_sends: dict[FuncOp, set[int]] = defaultdict(set)
+    shared_marks: dict[FuncOp, set[int]] = defaultdict(set)
+    for f in stage:
+        shared_sends[find(f)] |= sends[f]
+        shared_marks[find(f)] |= marks[f]
     out = {}
-    for d in stage:
-        ms, ss = shared_marks[find(d)], shared_sends[find(d)]
+    for f in stage:
+        ms, ss = shared_marks[find(f)], shared_sends[find(f)]
         if ms:
-            out[d] = (min(ss or ms), max(ms))
+            out[f] = (min(ss or ms), max(ms))
     return out
 
 
