@@ -5,11 +5,13 @@ The GPT-2-style generator (bench/gpt_model.py) on meshes of growing size, in thr
   - `dp_tp`: a 2-D mesh [devices / 4, 4] on one stage (Megatron over 4, the batch over the rest; GPT-2's
     12 heads split 4 ways);
   - `dp_tp_pp`: the same on 4 pipeline stages ([devices / 16, 4] each) with 4 micro-batches.
-Each (layout, layers, devices) runs in a fresh Python process: parse, then the whole pipeline to plans
-(`fir.compile.plan_passes`, verified once at the end, as fir-run compiles), then the simulator on the H100 preset
-grown to the device count. Recorded: CPU seconds of parsing, of every pass, of the final verification and of the
-simulation; the number of functions and top-level ops after partition and after plan-memory; the process's
-peak RSS (VmHWM). A configuration that exceeds --timeout is recorded as such and the larger ones of that series
+Each (layout, layers, devices) runs in a fresh Python process: parse, then the whole pipeline to plans as fir-run
+compiles (`fir.compile.plan_passes`: spmd-partition, fuse, schedule and plan-memory on one program per class of
+devices, the SPMD plans verified once, then expand-devices writes every device's plan), then the simulator on the
+H100 preset grown to the device count. Recorded: CPU seconds of parsing, of every pass, of the verification and
+of the simulation; `spmd_plans_cpu_s`, everything before expand-devices (what grows with the model, not the
+mesh); the number of functions and top-level ops after spmd-partition, plan-memory and expand-devices; the
+process's peak RSS (VmHWM). A configuration that exceeds --timeout is recorded as such and the larger ones of that series
 are skipped. The batch is at least the data-parallel width (every device gets a sample).
 
 Usage: python bench/scale_bench.py [--devices 8 64 256] [--layers 2 12] [--layouts dp dp_tp dp_tp_pp]
@@ -32,7 +34,7 @@ sys.path.insert(0, sys.argv[1])
 from gpt_model import gpt_program
 from fir.compile import plan_passes
 from fir.distribution.placement import placed_functions
-from fir.passes import DISTRIBUTION_PIPELINE
+from fir.passes import SPMD_PIPELINE
 from fir.planning.simulator import simulate
 from fir.syntax.frontend import make_context, parse_source, verify_module
 from xdsl.dialects.func import FuncOp
@@ -59,12 +61,14 @@ def size(module, name):
 module = timed("parse+verify", lambda: parse_source(text, "gpt.fir"))
 ctx = make_context()
 for p in plan_passes(micro, "1f1b"):
-    if p.name in DISTRIBUTION_PIPELINE and not placed_functions(module)[1]:
+    if p.name in SPMD_PIPELINE and not placed_functions(module)[1]:
         continue
+    if p.name == "expand-devices":  # as compile_plan: the SPMD plans are verified, then expanded
+        timed("verify", lambda: verify_module(module))
+        out["spmd_plans_cpu_s"] = round(sum(out["cpu_s"].values()), 3)
     timed(p.name, lambda: p.apply(ctx, module))
-    if p.name in ("partition", "plan-memory"):
+    if p.name in ("spmd-partition", "plan-memory", "expand-devices"):
         size(module, p.name)
-timed("verify", lambda: verify_module(module))
 res = timed("simulate", lambda: simulate(module, "gpt", "h100-ib"))
 out["compile_cpu_s"] = round(sum(v for k, v in out["cpu_s"].items() if k != "simulate"), 3)
 out["simulated_step_ms"] = round(res.step_time * 1e3, 3)
@@ -114,7 +118,8 @@ def main() -> None:
     result = {
         "benchmark": "scale",
         "note": "CPU seconds per stage of one fresh process per row; compile_cpu_s sums parsing, the passes and "
-                "the final verification (fir-run's default: verify once)",
+                "the verification of the SPMD plans (fir-run's default: verify once); spmd_plans_cpu_s is all of "
+                "it before expand-devices",
         "rows": rows,
         "machine": machine(),
     }

@@ -10,15 +10,16 @@ from xdsl.passes import ModulePass
 
 from fir import progress
 from fir.syntax.frontend import make_context, verify_module
-from fir.passes import DISTRIBUTION_PIPELINE, PLAN_PIPELINE, available_passes
+from fir.passes import DISTRIBUTION_PIPELINE, RUN_PIPELINE, SPMD_PIPELINE, available_passes
 from fir.distribution.placement import placed_functions
 
 
 def plan_passes(microbatches: int = 1, order: str = "1f1b") -> list[ModulePass]:
-    """The passes from a logical module to plans: microbatch (when asked), distribution, schedule, plan-memory."""
+    """The passes from a logical module to plans: microbatch (when asked), sbp-infer, insert-boxing,
+    spmd-partition, fuse, schedule and plan-memory (one plan per class of devices), expand-devices."""
     passes = available_passes()
     options = {"microbatch": {"count": microbatches}, "schedule": {"order": order}}
-    names = (("microbatch",) if microbatches > 1 else ()) + DISTRIBUTION_PIPELINE + PLAN_PIPELINE
+    names = (("microbatch",) if microbatches > 1 else ()) + RUN_PIPELINE
     return [passes[name]()(**options.get(name, {})) for name in names]
 
 
@@ -41,20 +42,26 @@ def verify_each_default() -> bool:
 def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",
                  ctx: Context | None = None, verify_each: bool | None = None) -> ModuleOp:
     """A planned copy of a logical module (distribution passes only run when the module places something on a
-    mesh), verified once at the end, or after every pass with `verify_each` (default: verify_each_default()):
-    the verifier costs about as much as the passes."""
+    mesh), verified once, or after every pass with `verify_each` (default: verify_each_default()): the verifier
+    costs about as much as the passes. Once means the SPMD plans, before expand-devices writes each device's
+    (what a device runs is its class's verified plan with its own constants), so the cost follows the model,
+    not the mesh."""
     ctx = ctx or make_context()
     out = module.clone()
     each = verify_each_default() if verify_each is None else verify_each
     passes = [p for p in plan_passes(microbatches, order)
-              if p.name not in DISTRIBUTION_PIPELINE or placed_functions(out)[1]]
+              if p.name not in SPMD_PIPELINE or placed_functions(out)[1]]
+    verified = False
     with progress.task("compile", total=len(passes)) as step:
         for p in passes:
             step.note(p.name)
+            if p.name == "expand-devices" and not each:
+                verify_module(out)
+                verified = True
             p.apply(ctx, out)
             if each:
                 verify_module(out)
             step()
-    if not each:
+    if not each and not verified:
         verify_module(out)
     return out

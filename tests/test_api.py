@@ -109,7 +109,7 @@ def test_compile_verifies_once_unless_asked_for_each_pass(monkeypatch):
     assert len(calls) == 1
     calls.clear()
     prog.compile(verify_each=True)
-    assert len(calls) == 6  # sbp-infer, insert-boxing, partition, fuse, schedule, plan-memory
+    assert len(calls) == 7  # sbp-infer, insert-boxing, spmd-partition, fuse, schedule, plan-memory, expand-devices
     calls.clear()
     monkeypatch.setenv("FIR_VERIFY_EACH", "0")
     prog.compile()

@@ -38,7 +38,7 @@ from fir.dialects.base import TT, FirOp, fmt_tt
 from fir.dialects.flow import INT_LIST_PROP, INT_PROP
 from fir.dialects.plan import INSTR_ATTRS
 from fir.dialects.sbp import NdSbpSpec, SymbolSpec
-from fir.distribution.sbp import Broadcast, NdSbp, Partial, Sbp, Split, format_nd
+from fir.distribution.sbp import Broadcast, Partial, Sbp, Split, changed_axis, format_nd
 from fir.dialects.shape_inference import ShapeError
 
 
@@ -144,14 +144,6 @@ class CollectiveOp(CommOp):
             raise FirError(f"device {device}: the group {list(group)} of '{self.name}' must list this device, and "
                            "each device once", loc_of(self.location))
         return group
-
-
-def changed_axis(src: NdSbp, dst: NdSbp) -> int | None:
-    """The one mesh axis where two nd-SBPs differ, or None when they differ on none or several."""
-    if len(src) != len(dst):
-        return None
-    diff = [a for a, (x, y) in enumerate(zip(src, dst)) if x != y]
-    return diff[0] if len(diff) == 1 else None
 
 
 def _collective(kind: str, doc: str) -> type[CollectiveOp]:

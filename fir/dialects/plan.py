@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from xdsl.dialects.builtin import I64, DenseArrayBase, IntegerAttr, TensorType, i64
+from xdsl.dialects.builtin import I64, ArrayAttr, DenseArrayBase, IntegerAttr, SymbolRefAttr, TensorType, i64
 from xdsl.ir import Attribute, Dialect
 from xdsl.irdl import irdl_op_definition, operand_def, opt_prop_def, prop_def, result_def
 from xdsl.utils.exceptions import VerifyException
 
 from fir.dialects.attr_schema import OPTIONAL, AttrError, AttrSpec, IntListSpec, IntSpec, StrSpec
 from fir.dialects.base import TT, FirOp, fmt_tt, to_tt
+from fir.dialects.sbp import NdSbpSpec, SymbolSpec
+from fir.distribution.sbp import Broadcast, Split, changed_axis, format_nd
 from fir.dialects.shape_inference import ShapeError
 
 # The streams of a device: compute kernels, collectives, device-to-device copies (send, recv), host copies.
@@ -81,7 +83,8 @@ class PlanOp(FirOp):
         self._verify_attrs()
         if STREAM not in self.attributes:
             raise VerifyException(f"needs a stream ({', '.join(STREAMS)})")
-        out = self.infer(self.operand_tts(), self.attr_values(), None)
+        declared = to_tt(self.results[0].type) if self.results else None
+        out = self.infer(self.operand_tts(), self.attr_values(), declared)
         if self.results and to_tt(self.results[0].type) != out:
             raise ShapeError(f"result type {fmt_tt(to_tt(self.results[0].type))} does not match the inferred "
                              f"type {fmt_tt(out)}")
@@ -89,16 +92,24 @@ class PlanOp(FirOp):
 
 @irdl_op_definition
 class LoadOp(PlanOp):
-    """Copy a host input into the device's arena: the whole argument, or the box [start, limit) of it."""
+    """Copy a host input into the device's arena: the whole argument, the box [start, limit) of it, or (in an
+    SPMD plan) the running device's piece of it under a B -> S step on one mesh axis (`mesh`, `from`, `to`, as
+    the comm.slice it loads in one go)."""
 
     name = "plan.load"
     input = operand_def(TensorType)
     result = result_def(TensorType)
     start = opt_prop_def(DenseArrayBase.constr(i64))
     limit = opt_prop_def(DenseArrayBase.constr(i64))
+    mesh = opt_prop_def(SymbolRefAttr)
+    from_ = opt_prop_def(ArrayAttr, prop_name="from")
+    to = opt_prop_def(ArrayAttr)
     FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {
         "start": IntListSpec(default=OPTIONAL, doc="first index of the box along each axis"),
         "limit": IntListSpec(default=OPTIONAL, doc="one past the last index of the box along each axis"),
+        "mesh": SymbolSpec(default=OPTIONAL, doc="SPMD plans: the mesh of the piece loaded"),
+        "from": NdSbpSpec(default=OPTIONAL, doc="SPMD plans: the argument's nd-SBP"),
+        "to": NdSbpSpec(default=OPTIONAL, doc="SPMD plans: the piece's nd-SBP (B -> S on one mesh axis)"),
     }
 
     @classmethod
@@ -106,6 +117,11 @@ class LoadOp(PlanOp):
         shape, dt = ins[0]
         if ("start" in attrs) != ("limit" in attrs):
             raise ShapeError("plan.load needs both start and limit, or neither")
+        piece = [k for k in ("mesh", "from", "to") if k in attrs]
+        if piece:
+            if len(piece) != 3 or "start" in attrs:
+                raise ShapeError("a piece load names mesh, from and to, and no box")
+            return _piece_type(shape, dt, attrs["from"], attrs["to"], declared)
         if "start" not in attrs:
             return shape, dt
         start, limit = attrs["start"], attrs["limit"]
@@ -115,6 +131,23 @@ class LoadOp(PlanOp):
             if not 0 <= s <= e <= n:
                 raise ShapeError(f"axis {ax}: the box [{s}, {e}) is not inside [0, {n})")
         return tuple(e - s for s, e in zip(start, limit)), dt
+
+
+def _piece_type(shape: tuple[int, ...], dt: str, src, dst, declared: TT | None) -> TT:
+    """The type of an SPMD piece load: declared (the piece differs between devices), B -> S(i) on one mesh axis."""
+    axis = changed_axis(src, dst)
+    if axis is None or not isinstance(src[axis], Broadcast) or not isinstance(dst[axis], Split) \
+            or dst[axis].axis >= len(shape):
+        raise ShapeError(f"a piece load moves B -> S(i) on one mesh axis of the argument, not {format_nd(src)} -> "
+                         f"{format_nd(dst)}")
+    if declared is None:
+        raise ShapeError("a piece load needs its result type (the running device's piece)")
+    want = list(shape)
+    if declared[1] != dt or len(declared[0]) != len(shape) or any(
+            d != n for k, (d, n) in enumerate(zip(declared[0], want)) if k != dst[axis].axis):
+        raise ShapeError(f"the piece {fmt_tt(declared)} must keep the argument's dtype and every axis but "
+                         f"{dst[axis].axis} ({fmt_tt((shape, dt))})")
+    return declared
 
 
 @irdl_op_definition

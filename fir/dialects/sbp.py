@@ -36,7 +36,6 @@ from xdsl.utils.exceptions import VerifyException
 from fir.dialects.attr_schema import AttrError, AttrSpec, IntSpec, SymbolRef, describe
 from fir.dialects import dtypes
 from fir.dialects.base import TT, FirOp
-from fir.dialects.plan import INSTR_ATTRS
 from fir.dialects.shape_inference import ShapeError
 from fir.distribution.sbp import PARTIAL_OPS, Broadcast, Mesh, NdSbp, Partial, Sbp, SbpSyntaxError, Split, format_nd, nd_from_literal
 
@@ -272,7 +271,8 @@ class PositionOp(FirOp):
         "axis": IntSpec(doc="the mesh axis"),
     }
     NEEDS_RESULT_TYPE: ClassVar[bool] = True
-    DISCARDABLE: ClassVar[frozenset[str]] = frozenset(INSTR_ATTRS)  # in a plan: its stream, offset, micro-batch
+    # In a plan: its micro-batch, stream and arena offset (plan.INSTR_ATTRS, named here: plan imports this file).
+    DISCARDABLE: ClassVar[frozenset[str]] = frozenset({"micro", "stream", "offset"})
 
     @classmethod
     def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:

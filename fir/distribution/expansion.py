@@ -24,9 +24,9 @@ from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 
 from fir.dialects import dtypes
 from fir.dialects.base import to_tt
-from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
+from fir.dialects.comm import CollectiveOp, RecvOp, SendOp, changed_axis
 from fir.dialects.flow import OPS_BY_NAME, FlowOp
-from fir.dialects.plan import INSTR_ATTRS, MICRO, SCHEDULE
+from fir.dialects.plan import INSTR_ATTRS, MICRO, SCHEDULE, LoadOp
 from fir.dialects.sbp import PositionOp
 from fir.distribution import layout
 from fir.distribution.partitioner import ProgramBuilder, spmd_partition
@@ -137,6 +137,8 @@ class Expander:
                 self.pieces[op.results[0]] = (np.broadcast_to(np.asarray(value), shape), op)
             elif isinstance(op, CollectiveOp):
                 self.collective(op)
+            elif isinstance(op, LoadOp) and "mesh" in op.properties:
+                self.piece_load(op)
             elif isinstance(op, SendOp) and "to_mesh" in op.properties:
                 self.send(op)
             elif isinstance(op, RecvOp) and "to_mesh" in op.properties:
@@ -231,6 +233,20 @@ class Expander:
         else:
             x = self.operand(op.operands[0])
             new = type(op).make([x], op.results[0].type, **vals, group=mesh.group(self.device, axis))
+        new.results[0].name_hint = op.results[0].name_hint
+        self.values[op.results[0]] = self.add(new, op).results[0]
+
+    def piece_load(self, op: LoadOp) -> None:
+        """A plan's load of the device's piece of an argument: the box of that piece."""
+        vals = op.attr_values()
+        mesh = self.meshes[vals["mesh"].name]
+        axis = changed_axis(vals["from"], vals["to"])
+        dst = vals["to"][axis]
+        have = op.operands[0].type.get_shape()
+        start, limit = [0] * len(have), list(have)
+        off, n = layout.piece(have[dst.axis], mesh.shape[axis], mesh.coord(self.device)[axis])
+        start[dst.axis], limit[dst.axis] = off, off + n
+        new = LoadOp.make([self.operand(op.operands[0])], start=start, limit=limit)
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
 

@@ -145,3 +145,11 @@ class Mesh:
 
     def __str__(self) -> str:
         return f"@{self.name}"
+
+
+def changed_axis(src: NdSbp, dst: NdSbp) -> int | None:
+    """The one mesh axis where two nd-SBPs differ, or None when they differ on none or several."""
+    if len(src) != len(dst):
+        return None
+    diff = [a for a, (x, y) in enumerate(zip(src, dst)) if x != y]
+    return diff[0] if len(diff) == 1 else None

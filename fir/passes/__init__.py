@@ -90,10 +90,14 @@ def _cost_report() -> type[ModulePass]:
     return CostReportPass
 
 
-# The passes that turn a logical program into device programs, in order (fir-run applies them).
+# The passes that turn a logical program into per-device programs, in order.
 DISTRIBUTION_PIPELINE = ("sbp-infer", "insert-boxing", "partition")
-# The passes that turn device programs into execution plans, in order.
+# The same into SPMD programs (one per class of devices): what fir-run compiles with.
+SPMD_PIPELINE = ("sbp-infer", "insert-boxing", "spmd-partition")
+# The passes that turn device programs (per-device or SPMD) into execution plans, in order.
 PLAN_PIPELINE = ("fuse", "schedule", "plan-memory")
+# fir-run's pipeline: SPMD programs are planned once per class, then each device gets its plan.
+RUN_PIPELINE = SPMD_PIPELINE + PLAN_PIPELINE + ("expand-devices",)
 
 
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:

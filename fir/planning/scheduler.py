@@ -242,9 +242,11 @@ def _stage_phases(funcs: list[FuncOp], tasks: dict[Operation, tuple[int, int]]) 
 
 def _prefetched(o: Operation) -> bool:
     """An instruction that brings data in without reading the device (a slice of an argument, which becomes a
-    box load, or a receive): issued a task ahead of its reader."""
+    box load, or in an SPMD program a piece load, or a receive): issued a task ahead of its reader."""
     if isinstance(o, RecvOp):
         return True
+    if isinstance(o, CollectiveOp) and o.KIND == "slice":
+        return isinstance(o.operands[0], BlockArgument)
     return isinstance(o, FlowOp) and o.name == "flow.slice" and isinstance(o.operands[0], BlockArgument) \
         and all(s == 1 for s in o.attr_values()["stride"])
 
@@ -277,7 +279,11 @@ def _issue_order(func: FuncOp, tasks: dict[Operation, tuple[int, int]], order: s
             early[t - 1 if t > 0 and _may_precede(tasks[o], in_slot[t - 1]) else t].append(o)
             continue
         vals = o.attr_values()
-        load = LoadOp.make([o.operands[0]], start=vals["start"], limit=vals["limit"])
+        if isinstance(o, CollectiveOp):  # the device's piece of an argument (an SPMD program)
+            load = LoadOp.make([o.operands[0]], o.results[0].type, mesh=vals["mesh"], to=vals["to"],
+                               **{"from": vals["from"]})
+        else:
+            load = LoadOp.make([o.operands[0]], start=vals["start"], limit=vals["limit"])
         _adopt(load, o)
         load.results[0].name_hint = o.results[0].name_hint
         o.results[0].replace_all_uses_with(load.results[0])
