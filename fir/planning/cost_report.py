@@ -14,7 +14,7 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.plan import ARENA_SIZE, STREAM
 from fir.syntax.printer import ValueNames
 from fir.planning.hardware import Hardware
-from fir.distribution.placement import DEVICE, func_mesh, int_value
+from fir.distribution.placement import DEVICE, DEVICES, func_mesh, int_value
 from fir.planning.plan_ir import is_plan
 
 
@@ -40,6 +40,9 @@ def _estimate(op: Operation, hw: Hardware, device: int) -> Estimate:
 
 def report_function(func: FuncOp, hw: Hardware, meshes: dict | None = None) -> str:
     """The cost table of one function, as text."""
+    if DEVICES in func.attributes:
+        raise FirError(f"@{func.sym_name.data} is an SPMD program: cost-report prices one device's program for now; "
+                       "run expand-devices first", loc_of(func.location))
     what, device = _describe(func, meshes or {})
     planned = is_plan(func)
     if int_value(func, DEVICE) is not None:

@@ -18,7 +18,7 @@ from fir.dialects.base import FirOp
 from fir.dialects.comm import CollectiveOp, Comm, CommOp, RecvOp, SendOp
 from fir.dialects.base import to_tt
 from fir.dialects.flow import Flow, FlowOp, FusedOp, YieldOp
-from fir.dialects.plan import ARENA_SIZE, INSTR_ATTRS, Plan, PlanOp
+from fir.dialects.plan import ARENA_SIZE, INSTR_ATTRS, LoadOp, Plan, PlanOp
 from fir.planning import plan_ir
 from fir.dialects.sbp import MESH, OP_ATTRS, SBP, SBP_IN, IntValueSpec, MeshOp, PositionOp, Sbp_
 from fir.syntax.lexical import check_text
@@ -328,6 +328,9 @@ def _check_form(op: Operation, form: str | None) -> None:
     where = loc_of(op.location)
     if isinstance(op, PositionOp) and form != "spmd":
         raise FirError("sbp.position belongs in an SPMD program (one with `devices`, spmd-partition's output)", where)
+    if isinstance(op, LoadOp) and "mesh" in op.properties and form != "spmd":
+        raise FirError("a load of the device's piece (mesh, from, to) belongs in an SPMD plan; a device's own plan "
+                       "loads its box (start, limit)", where)
     if isinstance(op, (SendOp, RecvOp)):
         spmd = "to_mesh" in op.properties
         if form == "device" and spmd:
