@@ -16,7 +16,7 @@ from fir.distribution.expansion import expand_module
 from fir.distribution.partitioner import _layouts, device_classes
 from fir.distribution.placement import placed_functions
 from fir.dialects.sbp import meshes_of
-from fir.passes import available_passes, parse_pipeline
+from fir.passes import parse_pipeline
 from fir.planning.plan_ir import is_plan
 from fir.runtime.plan_executor import execute_plan
 from fir.syntax.frontend import make_context, parse_source, verify_module
@@ -30,13 +30,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 from gpt_model import gpt_program  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+# The examples that place something on a mesh.
+DISTRIBUTED = ["dp_mlp.fir", "dp_tp_mlp.fir", "pipeline4_train_mlp.fir", "pipeline_mlp.fir", "pipeline_train_mlp.fir",
+               "tp_attention.fir", "tp_mlp.fir"]
 
 
 def _apply(module, names: list[str]):
+    """A copy of the module after the passes (fir-opt's pipeline syntax), verified after each."""
     out = module.clone()
     ctx = make_context()
-    for name in names:
-        available_passes()[name]()().apply(ctx, out)
+    for p in parse_pipeline(",".join(names)):
+        p.apply(ctx, out)
         verify_module(out)
     return out
 
@@ -111,24 +115,31 @@ def test_devices_of_a_class_hold_every_value_in_one_shape(prog, data):
             assert len(shapes) <= 1, (prog.text, nd, c, shapes)
 
 
+def _agrees_with_one_device(prog, data, seed, compile_and_run) -> None:
+    """A random program on a random mesh: compile_and_run(module, inputs) gives the single-device results."""
+    module = parse_source(prog.text, "<random>")
+    _distribute_randomly(module, data.draw)
+    inputs = random_inputs(prog, seed)
+    want = run(module, inputs)
+    with np.errstate(all="ignore"):
+        got, text = compile_and_run(module, inputs)
+    for i, (g, w, t) in enumerate(zip(got, want, the_func(module).function_type.outputs.data)):
+        assert _close(g, w, _working_dtype(module, to_tt(t)[1])), f"result {i}\n{text}"
+
+
 @settings(max_examples=int(os.environ.get("FIR_DIST_EXAMPLES", "120")), **SETTINGS)
 @given(programs(max_ops=8), st.data(), st.integers(0, 2**32 - 1))
 def test_virtual_devices_run_spmd_programs_with_their_coordinates(prog, data, seed):
     # Each device runs its class's program itself (no expand-devices): positions, local slices, groups and
     # peers come from its coordinates, and the results equal the single-device run.
-    module = parse_source(prog.text, "<random>")
-    _distribute_randomly(module, data.draw)
-    inputs = random_inputs(prog, seed)
-    want = run(module, inputs)
-    spmd = _apply(module, ["sbp-infer", "insert-boxing", "spmd-partition"])
-    with np.errstate(all="ignore"):
-        got = run_partitioned(spmd, the_func(module).sym_name.data, inputs, 6)
-    for i, (g, w, t) in enumerate(zip(got, want, the_func(module).function_type.outputs.data)):
-        assert _close(g, w, _working_dtype(module, to_tt(t)[1])), f"result {i}\n{print_fir(spmd)}"
+    def spmd_run(module, inputs):
+        spmd = _apply(module, ["sbp-infer", "insert-boxing", "spmd-partition"])
+        return run_partitioned(spmd, the_func(module).sym_name.data, inputs, 6), print_fir(spmd)
+
+    _agrees_with_one_device(prog, data, seed, spmd_run)
 
 
-@pytest.mark.parametrize("name", ["dp_mlp.fir", "dp_tp_mlp.fir", "pipeline4_train_mlp.fir", "pipeline_mlp.fir",
-                                  "pipeline_train_mlp.fir", "tp_attention.fir", "tp_mlp.fir"])
+@pytest.mark.parametrize("name", DISTRIBUTED)
 def test_examples_run_as_spmd_programs(name):
     module = parse_source(open(os.path.join(EXAMPLES, name)).read(), name)
     (func,) = placed_functions(module)[1]
@@ -163,8 +174,7 @@ def test_iota_offsets_come_from_positions(mesh, sbp, dtype):
 SPMD_PLAN = ["sbp-infer", "insert-boxing", "spmd-partition", "fuse", "schedule", "plan-memory"]
 
 
-@pytest.mark.parametrize("name", ["dp_mlp.fir", "dp_tp_mlp.fir", "pipeline4_train_mlp.fir", "pipeline_mlp.fir",
-                                  "pipeline_train_mlp.fir", "tp_attention.fir", "tp_mlp.fir"])
+@pytest.mark.parametrize("name", DISTRIBUTED)
 @pytest.mark.parametrize("microbatches", [1, 2])
 def test_spmd_plans_expand_to_plans_that_run(name, microbatches):
     # fuse, schedule and plan-memory on the SPMD programs (one plan per class of devices), then each device's
@@ -175,7 +185,7 @@ def test_spmd_plans_expand_to_plans_that_run(name, microbatches):
     inputs = [_input(rng, a.type) for a in func.body.blocks.first.args]
     want = run_partitioned(distribute(module), func.sym_name.data, inputs, 8)
     passes = ([f"microbatch{{count={microbatches}}}"] if microbatches > 1 else []) + SPMD_PLAN
-    planned = _apply_spec(module, passes)
+    planned = _apply(module, passes)
     assert all(is_plan(p) for p in _programs(planned)) and len(_programs(planned)) < 8
     expand_module(planned, meshes_of(planned))
     verify_module(planned)
@@ -184,26 +194,36 @@ def test_spmd_plans_expand_to_plans_that_run(name, microbatches):
         assert _close(g, w, "f32")  # micro-batches reorder sums: a tolerance relative to the magnitude
 
 
-def _apply_spec(module, names: list[str]):
-    out = module.clone()
-    ctx = make_context()
-    for p in parse_pipeline(",".join(names)):
-        p.apply(ctx, out)
-        verify_module(out)
-    return out
-
-
 @settings(max_examples=int(os.environ.get("FIR_DIST_EXAMPLES", "120")) // 2, **SETTINGS)
 @given(programs(max_ops=8), st.data(), st.integers(0, 2**32 - 1))
 def test_random_spmd_plans_run(prog, data, seed):
-    module = parse_source(prog.text, "<random>")
-    _distribute_randomly(module, data.draw)
-    inputs = random_inputs(prog, seed)
-    want = run(module, inputs)
-    planned = _apply_spec(module, SPMD_PLAN)
-    expand_module(planned, meshes_of(planned))
-    verify_module(planned)
-    with np.errstate(all="ignore"):
-        got = execute_plan(planned, the_func(module).sym_name.data, inputs, 6, "adversarial", seed).outputs
-    for i, (g, w, t) in enumerate(zip(got, want, the_func(module).function_type.outputs.data)):
-        assert _close(g, w, _working_dtype(module, to_tt(t)[1])), f"result {i}\n{print_fir(planned)}"
+    # fuse, schedule and plan-memory on the SPMD programs, then each device's plan, under the adversarial
+    # interleaving
+    def planned_run(module, inputs):
+        planned = _apply(module, SPMD_PLAN)
+        expand_module(planned, meshes_of(planned))
+        verify_module(planned)
+        name = the_func(module).sym_name.data
+        return execute_plan(planned, name, inputs, 6, "adversarial", seed).outputs, print_fir(planned)
+
+    _agrees_with_one_device(prog, data, seed, planned_run)
+
+
+def test_a_fill_read_by_positions_and_by_other_ops_folds_and_stays():
+    text = """sbp.mesh @m = [2]
+func.func @f.p0(%x: tensor<2xi32> {sbp = [S(0)], mesh = @m}) -> (tensor<2xi32> {sbp = [S(0)], mesh = @m}) attributes {devices = [0, 1], of = @f} {
+  %p = sbp.position {mesh = @m, axis = 0} : tensor<i32>
+  %k = flow.fill {value = 4} : tensor<i32>
+  %o = flow.mul %p, %k : tensor<i32>
+  %y = flow.add %x, %o : tensor<2xi32>
+  %z = flow.add %y, %k : tensor<2xi32>
+  func.return %z
+}
+"""
+    x = np.arange(4, dtype=np.int32)
+    want = x + np.array([0, 0, 4, 4], dtype=np.int32) + 4
+    spmd = parse_source(text, "<spmd>")
+    np.testing.assert_array_equal(run_partitioned(spmd, "f", [x], 2)[0], want)
+    expand_module(spmd, meshes_of(spmd))
+    verify_module(spmd)
+    np.testing.assert_array_equal(run_partitioned(spmd, "f", [x], 2)[0], want)

@@ -181,7 +181,8 @@ class Expander:
             vals = op.attr_values()
             self.known[op.results[0]] = self.meshes[vals["mesh"].name].coord(self.device)[vals["axis"]]
             return
-        args = [self.known[v] for v in op.operands]
+        # a rank-0 fill that something else reads too was written as it is; its value folds here as well
+        args = [self.known[v] if v in self.known else v.owner.attr_values()["value"] for v in op.operands]
         value = _FOLD[op.name](*args)
         dt = to_tt(op.results[0].type)[1]
         self.known[op.results[0]] = float(value) if dtypes.is_float(dt) else int(value)
