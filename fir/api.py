@@ -114,11 +114,12 @@ class Program:
         return Program(module, self.filename, self.source)
 
     def compile(self, entry: str | None = None, microbatches: int | None = None,
-                schedule: str | None = None, verify_each: bool | None = None) -> Program:
+                schedule: str | None = None, verify_each: bool | None = None, expand: bool = True) -> Program:
         """The entry function compiled to execution plans, in a program of its own: micro-batching when asked,
         distribution when it is placed on a mesh, then fuse, schedule and plan-memory, verified at the end (after
         every pass with `verify_each`; default FIR_VERIFY_EACH). A plan is returned as it is: reading it verified
-        it, memory plan included."""
+        it, memory plan included. expand=False keeps one plan per class of devices (SPMD plans) rather than
+        writing every device's."""
         from fir.compile import compile_plan
         from fir.dialects.sbp import MeshOp
         from fir.distribution.microbatching import microbatch_axes
@@ -136,8 +137,8 @@ class Program:
             raise FirError(f"--microbatches {microbatches}: no argument of @{func.sym_name.data} is marked "
                            "`microbatch = axis`, so there is nothing to split", loc_of(func.location))
         alone = ModuleOp([op.clone() for op in self.module.ops if isinstance(op, MeshOp)] + [func.clone()])
-        return Program(compile_plan(alone, microbatches or 1, schedule or "1f1b", verify_each=verify_each),
-                       self.filename, self.source)
+        return Program(compile_plan(alone, microbatches or 1, schedule or "1f1b", verify_each=verify_each,
+                                    expand=expand), self.filename, self.source)
 
     # ------------------------------------------------------------------------------------------- inputs
     def random_inputs(self, seed: int = 0, entry: str | None = None) -> dict[str, np.ndarray]:
@@ -220,13 +221,14 @@ class Program:
 
     def simulate(self, *, entry: str | None = None, hardware: str | None = None, microbatches: int | None = None,
                  schedule: str | None = None, verify_each: bool | None = None) -> SimResult:
-        """Replay the entry function's plans on a hardware model (a preset name or a .toml path) and time them."""
+        """Replay the entry function's plans on a hardware model (a preset name or a .toml path) and time them
+        (each class of devices' plan once: fir.planning.simulator)."""
         from fir.distribution.placement import device_count
         from fir.planning.hardware import DEFAULT_HARDWARE, load_hardware
         from fir.planning.simulator import simulate
 
         func = self.function(entry)
-        planned = self.compile(func.sym_name.data, microbatches, schedule, verify_each).module
+        planned = self.compile(func.sym_name.data, microbatches, schedule, verify_each, expand=False).module
         hw = load_hardware(hardware or DEFAULT_HARDWARE, device_count(planned))
         return simulate(planned, func.sym_name.data, hw)
 

@@ -40,17 +40,17 @@ def verify_each_default() -> bool:
 
 
 def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",
-                 ctx: Context | None = None, verify_each: bool | None = None) -> ModuleOp:
+                 ctx: Context | None = None, verify_each: bool | None = None, expand: bool = True) -> ModuleOp:
     """A planned copy of a logical module (distribution passes only run when the module places something on a
     mesh), verified once, or after every pass with `verify_each` (default: verify_each_default()): the verifier
     costs about as much as the passes. Once means the SPMD plans, before expand-devices writes each device's
     (what a device runs is its class's verified plan with its own constants), so the cost follows the model,
-    not the mesh."""
+    not the mesh. expand=False keeps the SPMD plans (what the simulator replays, once per class)."""
     ctx = ctx or make_context()
     out = module.clone()
     each = verify_each_default() if verify_each is None else verify_each
     passes = [p for p in plan_passes(microbatches, order)
-              if p.name not in SPMD_PIPELINE or placed_functions(out)[1]]
+              if (p.name not in SPMD_PIPELINE or placed_functions(out)[1]) and (expand or p.name != "expand-devices")]
     verified = False
     with progress.task("compile", total=len(passes)) as step:
         for p in passes:

@@ -17,7 +17,10 @@ from fir.distribution.partitioner import _layouts, device_classes
 from fir.distribution.placement import placed_functions
 from fir.dialects.sbp import meshes_of
 from fir.passes import parse_pipeline
+from fir.distribution.placement import device_count
+from fir.planning.hardware import load_hardware
 from fir.planning.plan_ir import is_plan
+from fir.planning.simulator import simulate
 from fir.runtime.plan_executor import execute_plan
 from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.dialects.base import to_tt
@@ -227,3 +230,24 @@ func.func @f.p0(%x: tensor<2xi32> {sbp = [S(0)], mesh = @m}) -> (tensor<2xi32> {
     expand_module(spmd, meshes_of(spmd))
     verify_module(spmd)
     np.testing.assert_array_equal(run_partitioned(spmd, "f", [x], 2)[0], want)
+
+
+@pytest.mark.parametrize("name", DISTRIBUTED)
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_an_spmd_plan_is_simulated_once_for_its_class(name, microbatches):
+    # replaying one plan per class gives the times and memory of replaying every device's plan
+    module = parse_source(open(os.path.join(EXAMPLES, name)).read(), name)
+    (func,) = placed_functions(module)[1]
+    passes = ([f"microbatch{{count={microbatches}}}"] if microbatches > 1 else []) + SPMD_PLAN
+    planned = _apply(module, passes)
+    hw = load_hardware("h100-nvlink", device_count(planned))
+    once = simulate(planned, func.sym_name.data, hw)
+    replayed = {e.device for e in once.events}
+    assert replayed == {int(p.attributes["devices"].get_values()[0]) for p in _programs(planned)}
+    expand_module(planned, meshes_of(planned))
+    every = simulate(planned, func.sym_name.data, hw)
+    assert once.step_time == pytest.approx(every.step_time, rel=1e-12)
+    assert sorted(once.devices) == sorted(every.devices)
+    for d, s in every.devices.items():
+        assert once.devices[d].busy == pytest.approx(s.busy, rel=1e-12)
+        assert once.devices[d].arena_size == s.arena_size

@@ -24,7 +24,7 @@ from fir.dialects import comm
 from fir.dialects import plan
 from fir.dialects.base import to_tt
 from fir.dialects.flow import FlowOp
-from fir.dialects.sbp import meshes_of
+from fir.dialects.sbp import PositionOp, meshes_of
 from fir.planning.hardware import Hardware
 from fir.distribution.layout import local_shape
 from fir.planning.plan_ir import is_host_value, is_plan
@@ -250,9 +250,32 @@ def _logical_collective(op: comm.CollectiveOp, device: int) -> tuple[list[int], 
     return mesh.group(dev, axis), si.numel(local) * dtypes.numpy_dtype(dt).itemsize
 
 
+def _kernel_estimate(nbytes: int, hw: Hardware) -> Estimate:
+    """A kernel that only moves nbytes through HBM (priced as compute_estimate prices a flow.slice or a fill)."""
+    dev = hw.device
+    t_memory = nbytes / dev.hbm_bandwidth
+    bound = MEMORY if t_memory > dev.launch_overhead else LAUNCH
+    return Estimate(t_memory + dev.launch_overhead, bound, 0, nbytes)
+
+
+def _spmd_mesh(op: Operation, name: str):
+    """A mesh an SPMD program's op names (its module declares it)."""
+    module = _module_of(op)
+    mesh = (meshes_of(module) if module is not None else {}).get(name)
+    if mesh is None:
+        raise FirError(f"'{op.name}' names mesh @{name}, which is not declared in its module", loc_of(op.location))
+    return mesh
+
+
 def _collective_estimate(op: comm.CollectiveOp, hw: Hardware, device: int) -> Estimate:
+    if op.is_local and op.KIND == "slice":  # an SPMD program's B -> S: the device copies its piece
+        return _kernel_estimate(2 * _tensor_bytes(op.results[0].type), hw)
     if op.is_local:
-        group = list(op.attr_values()["group"])
+        vals = op.attr_values()
+        if "group" in vals:
+            group = list(vals["group"])
+        else:  # an SPMD program's: the group follows from the mesh
+            group = _spmd_mesh(op, vals["mesh"].name).group(device, op.transition()[0])
         t = op.results[0].type if op.KIND == "all_gather" else op.operands[0].type
         nbytes = _tensor_bytes(t)
     else:
@@ -271,9 +294,17 @@ def instruction_estimate(op: Operation, hw: Hardware, device: int) -> Estimate:
     if isinstance(op, comm.CollectiveOp):
         return _collective_estimate(op, hw, device)
     if isinstance(op, comm.SendOp):
-        to = op.attr_values()["to_device"]
+        vals = op.attr_values()
         n = _tensor_bytes(op.operands[0].type)
-        return Estimate(p2p_time(n, device, to, hw), LINK, 0, n, f"to device {to}")
+        if "to_device" in vals:
+            return Estimate(p2p_time(n, device, vals["to_device"], hw), LINK, 0, n, f"to device {vals['to_device']}")
+        from fir.distribution.expansion import targets  # an SPMD program's: one send per peer, one after another
+
+        peers = targets(_spmd_mesh(op, vals["mesh"].name), _spmd_mesh(op, vals["to_mesh"].name), device)
+        return Estimate(sum(p2p_time(n, device, t, hw) for t in peers), LINK, 0, n * len(peers),
+                        f"to devices {peers}")
+    if isinstance(op, PositionOp):
+        return _kernel_estimate(_tensor_bytes(op.results[0].type), hw)  # as the fill it becomes
     if isinstance(op, comm.RecvOp):
         return Estimate(0.0, NONE, 0, 0, "charged to the send")
     if isinstance(op, comm.SendRecvOp):

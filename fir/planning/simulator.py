@@ -1,7 +1,10 @@
 """Replay the execution plans of one program on a hardware model and time them.
 
 Every device plan (`schedule` made it; fir/dialects/plan.py states the semantics) is a set of in-order
-streams. The replay gives each instruction a start and an end: a stream runs one instruction at a time in
+streams. An SPMD plan (one per class of devices) is replayed once, for its class's first device: a collective
+starts when every program of its mesh that runs it has reached it (their groups run in lockstep), and a
+receive pairs with the send of the program holding its first device's peer; every device of the class gets
+the statistics of the first. The replay gives each instruction a start and an end: a stream runs one instruction at a time in
 issue order; `plan.wait` holds its stream until the event's `plan.record` is reached; a collective starts
 when every member of its group has reached it and all members end together; `comm.send` starts when its
 stream is free, and the matching `comm.recv` ends no earlier than the send. Times only ever take maxima and
@@ -12,6 +15,7 @@ limits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -28,9 +32,11 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.dtypes import nbytes
-from fir.distribution.placement import device_count
+from fir.dialects.sbp import meshes_of
+from fir.distribution.expansion import program_devices
+from fir.distribution.placement import DEVICES, OF, device_count, symbol_name
 from fir.planning.hardware import Hardware, load_hardware
-from fir.planning.plan_ir import entry_plans, event_of, instructions, stream_of, verify_plan
+from fir.planning.plan_ir import entry_plans, event_of, instructions, is_plan, stream_of, verify_plan
 from fir.planning.trace import TraceEvent
 
 Durations = Callable[[Operation, int], float]
@@ -74,6 +80,39 @@ class SimResult:
                 "step_time_s": self.step_time}
 
 
+@dataclass
+class _Spmd:
+    """How the SPMD plans (by first device) meet: the programs of each collective, the sending program of each
+    receive, the receiving programs of each send."""
+
+    members: dict[int, tuple[int, ...]]  # collective id -> the first devices of the programs that run it
+    source: dict[tuple[int, int], int]  # (transfer id, receiving program) -> sending program
+    sinks: dict[tuple[int, int], list[int]]  # (transfer id, sending program) -> receiving programs
+
+    @staticmethod
+    def of(plans: dict[int, FuncOp], meshes: dict) -> _Spmd:
+        """The meetings of SPMD plans keyed by their first devices."""
+        from fir.distribution.expansion import program_devices, source
+
+        owner = {d: first for first, f in plans.items() for d in program_devices(f)}
+        members: dict[int, set[int]] = defaultdict(set)
+        src: dict[tuple[int, int], int] = {}
+        sinks: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for first, f in plans.items():
+            for op in instructions(f):
+                if isinstance(op, CollectiveOp) and op.KIND != "slice":
+                    members[op.attr_values()["id"]].add(first)
+                elif isinstance(op, RecvOp):
+                    v = op.attr_values()
+                    peer = source(meshes[v["mesh"].name], meshes[v["to_mesh"].name], first)
+                    if peer not in owner:
+                        raise FirError(f"device {first} receives from device {peer}, which runs no plan",
+                                       loc_of(op.location))
+                    src[(v["id"], first)] = owner[peer]
+                    sinks[(v["id"], owner[peer])].append(first)
+        return _Spmd({k: tuple(sorted(v)) for k, v in members.items()}, src, sinks)
+
+
 @dataclass(eq=False)
 class _Instr:
     op: Operation
@@ -81,6 +120,7 @@ class _Instr:
     stream: str  # the stream the plan names
     duration: float
     key: tuple | None = None  # collectives and send/recv: what matches it on other devices
+    also: tuple[tuple, ...] = ()  # an SPMD send: the keys of its other receiving programs
     ready: float = math.nan  # when it reached the front of its queue
     start: float = math.nan
     end: float = math.nan
@@ -114,8 +154,10 @@ def _attr_int(op: Operation, name: str) -> int:
     return op.attr_values()[name]  # type: ignore[attr-defined]
 
 
-def _build(plans: dict[int, FuncOp], serial: bool, durations: Durations) -> dict[int, dict[str, _Queue]]:
-    """One queue per (device, stream), or per device when serial; instructions keyed for matching."""
+def _build(plans: dict[int, FuncOp], serial: bool, durations: Durations,
+           spmd: _Spmd | None = None) -> dict[int, dict[str, _Queue]]:
+    """One queue per (device, stream), or per device when serial; instructions keyed for matching (SPMD plans:
+    by their first devices, as `spmd` says)."""
     queues: dict[int, dict[str, _Queue]] = {}
     for dev, func in plans.items():
         verify_plan(func)
@@ -132,7 +174,17 @@ def _build(plans: dict[int, FuncOp], serial: bool, durations: Durations) -> dict
                 raise FirError(f"device {dev}: '{op.name}' has duration {t} (expected a finite time >= 0)",
                                loc_of(op.location))
             ins = _Instr(op, dev, stream, t)
-            if isinstance(op, CollectiveOp):
+            extra: list[tuple] = []
+            if spmd is not None and isinstance(op, (CollectiveOp, SendOp, RecvOp)):
+                ident = op.attr_values()["id"]
+                if isinstance(op, CollectiveOp):
+                    base = ("coll", ident, spmd.members[ident]) if op.KIND != "slice" else None
+                elif isinstance(op, RecvOp):
+                    base = ("p2p", ident, spmd.source[(ident, dev)], dev)
+                else:
+                    keys = [("p2p", ident, dev, q) for q in spmd.sinks.get((ident, dev), [])]
+                    base, extra = (keys[0], keys[1:]) if keys else (None, [])
+            elif isinstance(op, CollectiveOp):
                 vals = op.attr_values()
                 group = op.group_for(dev)
                 missing = [d for d in group if d not in plans]
@@ -149,6 +201,9 @@ def _build(plans: dict[int, FuncOp], serial: bool, durations: Durations) -> dict
             if base is not None:
                 ins.key = (*base, seen[base])
                 seen[base] += 1
+            for b in extra:
+                ins.also += ((*b, seen[b]),)
+                seen[b] += 1
             qname = SERIAL if serial else stream
             queues[dev].setdefault(qname, _Queue(dev, qname)).instrs.append(ins)
     return queues
@@ -198,13 +253,14 @@ class _Replay:
             q.finish(ins, free, max(free, at), busy_from=math.inf)  # waiting is not work
         elif isinstance(op, SendOp):
             q.finish(ins, free, free + ins.duration)
-            self.sends[ins.key] = ins  # type: ignore[index]
+            for key in (ins.key, *ins.also) if ins.key is not None else ():
+                self.sends[key] = ins
         elif isinstance(op, RecvOp):
             send = self.sends.pop(ins.key, None)  # type: ignore[arg-type]
             if send is None:
                 return False
             q.finish(ins, free, max(free + ins.duration, send.end), busy_from=send.start)
-        elif isinstance(op, CollectiveOp):
+        elif isinstance(op, CollectiveOp) and ins.key is not None:
             return self._rendezvous(q, ins)
         else:
             q.finish(ins, free, free + ins.duration)
@@ -340,7 +396,7 @@ def _trace_event(ins: _Instr, serial: bool) -> TraceEvent | None:
         args["micro"] = op.attributes[MICRO].value.data  # type: ignore[attr-defined]
     if isinstance(op, WaitOp):
         name = f"plan.wait event {event_of(op)}"
-    elif isinstance(op, (CollectiveOp, SendOp, RecvOp)):
+    elif isinstance(op, (CollectiveOp, SendOp, RecvOp)) and ins.key is not None:
         args["id"] = ins.key[1]  # type: ignore[index]
         if isinstance(op, CollectiveOp):
             args["group"] = list(ins.key[2])  # type: ignore[index]
@@ -369,8 +425,14 @@ def simulate(module: ModuleOp, entry: str, hw: Hardware | str | None = None, ser
         if hw is None:
             raise ValueError("simulate needs a hardware model or a durations callback")
         durations = _cost_durations(hw)
-    plans, _ = entry_plans(module, entry)
-    queues = _build(plans, serial, durations)
+    spmd = _spmd_plans(module, entry)
+    if spmd is not None:
+        plans = {program_devices(f)[0]: f for f in spmd}
+        meet = _Spmd.of(plans, meshes_of(module))
+    else:
+        plans, _ = entry_plans(module, entry)
+        meet = None
+    queues = _build(plans, serial, durations, meet)
     _Replay(queues).run()
     per_dev = {dev: [ins for q in qs.values() for ins in q.instrs] for dev, qs in queues.items()}
     step = max((ins.end for instrs in per_dev.values() for ins in instrs), default=0.0)
@@ -394,8 +456,25 @@ def simulate(module: ModuleOp, entry: str, hw: Hardware | str | None = None, ser
             peak_live_bytes=_peak(_live_intervals(plans[dev], timed, end)),
             max_micro_in_flight=_peak(_micro_intervals(instrs)))
     pipeline = any(isinstance(op, (SendOp, RecvOp)) for f in plans.values() for op in instructions(f))
+    if spmd is not None:  # every device of a class has its first device's statistics
+        stats = {d: dataclasses.replace(stats[first], device=d)
+                 for first, f in plans.items() for d in program_devices(f)}
     bubble = sum(s.compute_idle_fraction for s in stats.values()) / len(stats) if pipeline else None
     return SimResult(entry, step, serial, stats, bubble, events, getattr(hw, "name", None))
+
+
+def _spmd_plans(module: ModuleOp, entry: str) -> list[FuncOp] | None:
+    """The SPMD plans of @entry (spmd-partition's programs, scheduled), or None when it has none."""
+    entry = entry.lstrip("@")
+    progs = [f for f in module.ops if isinstance(f, FuncOp) and DEVICES in f.attributes
+             and symbol_name(f.attributes.get(OF)) == entry]
+    if not progs:
+        return None
+    for f in progs:
+        if not is_plan(f):
+            raise FirError(f"@{f.sym_name.data} is not a plan yet (run the schedule and plan-memory passes)",
+                           loc_of(f.location))
+    return progs
 
 
 def format_time(seconds: float) -> str:
