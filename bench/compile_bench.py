@@ -2,7 +2,9 @@
 
 For each model size, in a fresh process (so that no cache or heap of an earlier model helps or hurts): generate
 the .fir text, then time each stage on its own: parse + verify (fir.syntax.frontend.parse_source), and each pass of
-`microbatch{count=M}`, `sbp-infer`, `insert-boxing`, `partition`, `fuse`, `schedule`, `plan-memory`, each followed by
+`microbatch{count=M}`, `sbp-infer`, `insert-boxing`, `spmd-partition`, `fuse`, `schedule`, `plan-memory` (fir-run's
+pipeline up to its SPMD plans, one per class of devices; expand-devices, which writes every device's plan for the
+executors, is left out: scale_bench times it), each followed by
 fir.syntax.frontend.verify_module, timed separately (`total_*` count the verifier after every pass, as
 `--verify-each` does; `verify_once_cpu_seconds` counts it once, after the last pass, as fir-run compiles). Every
 pass runs on a fresh clone of its input (cloning is not timed); with --repeat R each stage is timed R times and the median reported (the first run fills the rule and
@@ -42,7 +44,7 @@ from results_file import machine, write_result  # noqa: E402
 from fir.planning import memory_planner  # noqa: E402
 from fir.syntax.frontend import make_context, parse_source, verify_module  # noqa: E402
 from fir.passes import available_passes  # noqa: E402
-from fir.distribution.placement import DEVICE  # noqa: E402
+from fir.distribution.placement import DEVICE, DEVICES  # noqa: E402
 
 # GPT-2 small's sizes (vocabulary padded to a multiple of 128), 2 pipeline stages of 4-way tensor parallelism.
 MODEL: dict[str, Any] = {"hidden": 768, "heads": 12, "seq": 1024, "batch": 8, "stages": 2, "tp": 4, "vocab": 50304,
@@ -51,13 +53,13 @@ MODEL: dict[str, Any] = {"hidden": 768, "heads": 12, "seq": 1024, "batch": 8, "s
 
 def pipeline(microbatches: int) -> list[tuple[str, dict[str, Any]]]:
     """The passes the benchmark times, in order, with their options."""
-    return [("microbatch", {"count": microbatches}), ("sbp-infer", {}), ("insert-boxing", {}), ("partition", {}),
+    return [("microbatch", {"count": microbatches}), ("sbp-infer", {}), ("insert-boxing", {}), ("spmd-partition", {}),
             ("fuse", {}), ("schedule", {}), ("plan-memory", {})]
 
 
 def op_counts(module: ModuleOp) -> dict[str, Any]:
     """Top-level ops in function bodies (func.return not counted; a flow.fused counts once, as the one kernel it
-    is) of logical and of device functions, and the comm, plan and fused ops."""
+    is) of logical and of device functions (per-device or SPMD programs), and the comm, plan and fused ops."""
     logical = device = n_dev = 0
     kinds: Counter[str] = Counter()
     for f in module.ops:
@@ -69,7 +71,7 @@ def op_counts(module: ModuleOp) -> dict[str, Any]:
                 n += 1
                 if op.name.split(".", 1)[0] in ("comm", "plan") or op.name == "flow.fused":
                     kinds[op.name] += 1
-        if DEVICE in f.attributes:
+        if DEVICE in f.attributes or DEVICES in f.attributes:
             device, n_dev = device + n, n_dev + 1
         else:
             logical += n

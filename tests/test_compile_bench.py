@@ -97,13 +97,13 @@ def test_variants_parse() -> None:
 def test_compile_model_times_every_stage() -> None:
     stages, module = compile_model(gpt_program(2, **TINY, microbatch=True), microbatches=2)
     assert [s["stage"] for s in stages] == ["parse+verify", "microbatch{count=2}", "sbp-infer", "insert-boxing",
-                                            "partition", "fuse", "schedule", "plan-memory"]
+                                            "spmd-partition", "fuse", "schedule", "plan-memory"]
     assert [s["stage"].split("{")[0] for s in stages[1:]] == [name for name, _ in pipeline(2)]
     for s in stages:
         assert ("seconds" in s) != ("skipped" in s), s
     by_name = {s["stage"].split("{")[0]: s for s in stages}
-    for name in ("sbp-infer", "insert-boxing", "partition", "fuse", "schedule", "plan-memory"):
+    for name in ("sbp-infer", "insert-boxing", "spmd-partition", "fuse", "schedule", "plan-memory"):
         assert "skipped" not in by_name[name], by_name[name]
-    assert by_name["partition"]["device_functions"] == 4
-    assert by_name["partition"]["logical_ops"] == 0 and by_name["partition"]["device_ops"] > 0
+    assert by_name["spmd-partition"]["device_functions"] == 2  # one program per stage of 2 devices
+    assert by_name["spmd-partition"]["logical_ops"] == 0 and by_name["spmd-partition"]["device_ops"] > 0
     assert by_name["parse+verify"]["logical_ops"] > 0
