@@ -23,6 +23,11 @@ def _describe(func: FuncOp, meshes: dict) -> tuple[str, int]:
     device = int_value(func, DEVICE)
     if device is not None:
         return ("plan" if is_plan(func) else "device program") + f", device {device}", device
+    if DEVICES in func.attributes:  # every device of the class runs it: priced for the first
+        devs = [int(d) for d in func.attributes[DEVICES].get_values()]
+        shown = ", ".join(map(str, devs[:4])) + (", ..." if len(devs) > 4 else "")
+        kind = "SPMD plan" if is_plan(func) else "SPMD program"
+        return f"{kind} of devices {shown}, priced for device {devs[0]}", devs[0]
     mesh = meshes.get(func_mesh(func) or "")
     if mesh is not None:
         return f"logical program on @{mesh.name}, logical shapes", mesh.devices[0]
@@ -40,12 +45,9 @@ def _estimate(op: Operation, hw: Hardware, device: int) -> Estimate:
 
 def report_function(func: FuncOp, hw: Hardware, meshes: dict | None = None) -> str:
     """The cost table of one function, as text."""
-    if DEVICES in func.attributes:
-        raise FirError(f"@{func.sym_name.data} is an SPMD program: cost-report prices one device's program for now; "
-                       "run expand-devices first", loc_of(func.location))
     what, device = _describe(func, meshes or {})
     planned = is_plan(func)
-    if int_value(func, DEVICE) is not None:
+    if int_value(func, DEVICE) is not None or DEVICES in func.attributes:
         try:
             hw.node_of(device)
         except FirError as e:
