@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fir.dialects import dtypes
 from fir.distribution import layout
@@ -359,3 +361,37 @@ def test_why_invalid():
     assert "mixes P and P(max)" in mixed
     assert "hold different elements" in why_invalid("flow.reshape", [(3, 4)], (12,), {}, (2,), (S(0),), [(S(0),)])
     assert why_invalid("flow.reshape", [(2, 4)], (8,), {}, (2, 2), (S(0), S(0)), [(S(0), S(1))]) is None
+
+
+def _reshape_exact_on_every_device(in_shape, in_nd, out_shape, out_nd, mesh_shape) -> bool:
+    """reshape_exact's question answered by looking at every device's blocks (numpy's own reshape of an index
+    array decides what each device must hold)."""
+    flat = np.arange(math.prod(in_shape)).reshape(in_shape)
+    out = flat.reshape(out_shape)
+    for coord in itertools.product(*(range(d) for d in mesh_shape)):
+        ib = layout.local_block(in_shape, in_nd, mesh_shape, coord)
+        ob = layout.local_block(out_shape, out_nd, mesh_shape, coord)
+        mine = flat[tuple(slice(o, o + n) for o, n in ib)].ravel()
+        want = out[tuple(slice(o, o + n) for o, n in ob)].ravel()
+        if mine.shape != want.shape or not np.array_equal(mine, want):
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_reshape_exact_decides_from_a_few_devices_what_every_device_shows(data):
+    # reshape_exact looks at two devices per interval between uneven cuts and axis; every device must agree
+    mesh_shape = tuple(data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=2)))
+    dims = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    n = math.prod(dims)
+    in_shape = tuple(data.draw(st.permutations(dims)))
+    cut = data.draw(st.integers(1, len(dims)))
+    out_shape = (math.prod(dims[:cut]), math.prod(dims[cut:])) if cut < len(dims) else (n,)
+    choices = lambda shape: [B] + [S(a) for a in range(len(shape))]  # noqa: E731
+    in_nd = tuple(data.draw(st.sampled_from(choices(in_shape))) for _ in mesh_shape)
+    out_nd = tuple(data.draw(st.sampled_from(choices(out_shape))) for _ in mesh_shape)
+    if layout.check_nd(in_shape, in_nd, mesh_shape) or layout.check_nd(out_shape, out_nd, mesh_shape):
+        return
+    assert reshape_exact(in_shape, in_nd, out_shape, out_nd, mesh_shape) == \
+        _reshape_exact_on_every_device(in_shape, in_nd, out_shape, out_nd, mesh_shape)

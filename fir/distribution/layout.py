@@ -25,6 +25,25 @@ def piece(n: int, parts: int, k: int) -> tuple[int, int]:
     return k * base + min(k, extra), base + (1 if k < extra else 0)
 
 
+def split_cuts(shape: Shape, nd: NdSbp, mesh_shape: Sequence[int],
+               extra: tuple[int, int] | None = None) -> list[set[int]]:
+    """Per mesh axis, the coordinates at which some piece of the tensor along that axis gets one element shorter
+    (array_split: pieces from n % p on are shorter). Between two cuts every device's pieces have one size and
+    one offset, an affine function of the coordinate. Splits nest in mesh-axis order, so an inner axis cuts
+    every size the outer ones can leave. `extra` = (mesh axis, tensor axis): also a further B -> S split of
+    the local piece along that axis (a comm.slice)."""
+    cuts: list[set[int]] = [set() for _ in mesh_shape]
+    sizes = [{n} for n in shape]
+    for k, (s, p) in enumerate(zip(nd, mesh_shape)):
+        if isinstance(s, Split):
+            cuts[k].update(n % p for n in sizes[s.axis] if n % p)
+            sizes[s.axis] = {n // p + (1 if i else 0) for n in sizes[s.axis] for i in range(1 + bool(n % p))}
+    if extra is not None:
+        k, axis = extra
+        cuts[k].update(n % mesh_shape[k] for n in sizes[axis] if n % mesh_shape[k])
+    return cuts
+
+
 def split_parts(shape: Shape, nd: NdSbp, mesh_shape: Sequence[int]) -> list[int]:
     """How many pieces each tensor dimension is cut into (the product of the mesh axes splitting it)."""
     parts = [1] * len(shape)

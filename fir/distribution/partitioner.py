@@ -107,16 +107,8 @@ def _split_boundaries(func: FuncOp, meshes: dict[str, Mesh]) -> dict[tuple[str, 
     out: dict[tuple[str, int], set[int]] = {}
 
     def walk(shape, nd: NdSbp, mesh: Mesh, extra: tuple[int, int] | None = None) -> None:
-        # Splits nest in mesh-axis order, so an inner axis cuts every size the outer ones can leave.
-        sizes = [{n} for n in shape]
-        for k, (s, p) in enumerate(zip(nd, mesh.shape)):
-            if isinstance(s, Split):
-                out.setdefault((mesh.name, k), set()).update(n % p for n in sizes[s.axis] if n % p)
-                sizes[s.axis] = {n // p + (1 if i else 0) for n in sizes[s.axis] for i in range(1 + bool(n % p))}
-        if extra is not None:  # a B -> S slice cuts the operand's local piece along mesh axis extra[0]
-            k, axis = extra
-            p = mesh.shape[k]
-            out.setdefault((mesh.name, k), set()).update(n % p for n in sizes[axis] if n % p)
+        for k, cuts in enumerate(layout.split_cuts(shape, nd, mesh.shape, extra)):
+            out.setdefault((mesh.name, k), set()).update(cuts)
 
     for shape, nd, mesh in _layouts(func, meshes):
         walk(shape, nd, mesh)

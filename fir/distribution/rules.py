@@ -443,16 +443,34 @@ def _flat_runs(shape: Shape, block: layout.Block) -> list[tuple[int, int, int]]:
 
 def reshape_exact(in_shape: Shape, in_nd: NdSbp, out_shape: Shape, out_nd: NdSbp, mesh_shape: Sequence[int]) -> bool:
     """Whether every device's input block and result block hold the same elements in the same row-major order,
-    so that a local reshape computes the result's block."""
-    for coord in itertools.product(*(range(d) for d in mesh_shape)):
-        ib = layout.local_block(in_shape, in_nd, mesh_shape, coord)
-        ob = layout.local_block(out_shape, out_nd, mesh_shape, coord)
-        if math.prod(s for _, s in ib) != math.prod(s for _, s in ob):
-            return False
-        # Empty blocks hold the same (no) elements whatever their offsets.
-        if math.prod(s for _, s in ib) and _flat_runs(in_shape, ib) != _flat_runs(out_shape, ob):
-            return False
-    return True
+    so that a local reshape computes the result's block. Between the cuts of either layout (layout.split_cuts)
+    the block sizes, and so the merging in _flat_runs, are the same on every device, and the offsets are one
+    affine function of the coordinate: two devices per interval and axis (all their combinations) decide for all
+    of them, whatever the mesh size."""
+    return all(_reshape_exact_at(in_shape, in_nd, out_shape, out_nd, mesh_shape, coord)
+               for coord in _deciding_coords(in_shape, in_nd, out_shape, out_nd, mesh_shape))
+
+
+def _deciding_coords(in_shape: Shape, in_nd: NdSbp, out_shape: Shape, out_nd: NdSbp, mesh_shape: Sequence[int]):
+    """The first two coordinates of every interval between cuts, per mesh axis, in every combination."""
+    cuts = [a | b for a, b in zip(layout.split_cuts(in_shape, in_nd, mesh_shape),
+                                  layout.split_cuts(out_shape, out_nd, mesh_shape))]
+    per_axis = []
+    for k, p in enumerate(mesh_shape):
+        bounds = sorted({0, p} | cuts[k])
+        per_axis.append(sorted({c for lo, hi in zip(bounds, bounds[1:]) for c in (lo, lo + 1) if c < hi}))
+    return itertools.product(*per_axis)
+
+
+def _reshape_exact_at(in_shape: Shape, in_nd: NdSbp, out_shape: Shape, out_nd: NdSbp, mesh_shape: Sequence[int],
+                      coord: tuple[int, ...]) -> bool:
+    """Whether the device at `coord` holds the same elements in its input and result blocks, in order."""
+    ib = layout.local_block(in_shape, in_nd, mesh_shape, coord)
+    ob = layout.local_block(out_shape, out_nd, mesh_shape, coord)
+    if math.prod(s for _, s in ib) != math.prod(s for _, s in ob):
+        return False
+    # Empty blocks hold the same (no) elements whatever their offsets.
+    return not math.prod(s for _, s in ib) or _flat_runs(in_shape, ib) == _flat_runs(out_shape, ob)
 
 
 # ----------------------------------------------------------------------------------------------- local rewrites
