@@ -251,3 +251,11 @@ def test_an_spmd_plan_is_simulated_once_for_its_class(name, microbatches):
     for d, s in every.devices.items():
         assert once.devices[d].busy == pytest.approx(s.busy, rel=1e-12)
         assert once.devices[d].arena_size == s.arena_size
+
+
+def test_position_takes_the_instruction_attributes_of_plans():
+    # sbp.position names plan's instruction attributes itself (plan imports the sbp dialect): they must agree
+    from fir.dialects.plan import INSTR_ATTRS
+    from fir.dialects.sbp import PositionOp
+
+    assert PositionOp.DISCARDABLE == frozenset(INSTR_ATTRS)

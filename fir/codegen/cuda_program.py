@@ -23,7 +23,7 @@ from fir.dialects.base import fmt_tt, to_tt
 from fir.dialects.flow import FlowOp, ReshapeOp
 from fir.dialects.plan import ARENA_SIZE, OFFSET, RecordOp, WaitOp
 from fir.dialects.dtypes import nbytes
-from fir.distribution.placement import DEVICE, DEVICES, int_value
+from fir.distribution.placement import DEVICE, DEVICES, format_devices, int_value, program_devices
 from fir.planning.plan_ir import event_of, instructions, is_plan, stream_of
 
 
@@ -65,17 +65,12 @@ def offset_of(v: SSAValue) -> int:
     return attr.value.data
 
 
-def _few(func: FuncOp) -> str:
-    devs = [int(d) for d in func.attributes[DEVICES].get_values()]
-    return ", ".join(map(str, devs[:4])) + (", ..." if len(devs) > 4 else "")
-
-
 def device_code(func: FuncOp) -> DeviceCode:
     """Kernels and launches of one plan function (after schedule and plan-memory)."""
     if not is_plan(func):
         raise FirError(f"@{func.sym_name.data} is not a plan (run schedule and plan-memory)", loc_of(func.location))
     if DEVICES in func.attributes:
-        raise FirError(f"@{func.sym_name.data} is an SPMD plan (one for devices {_few(func)}): CUDA code is written "
+        raise FirError(f"@{func.sym_name.data} is an SPMD plan (one for devices {format_devices(program_devices(func))}): CUDA code is written "
                        "per device for now; run expand-devices first", loc_of(func.location))
     arena = func.attributes.get(ARENA_SIZE)
     if not isinstance(arena, IntegerAttr):

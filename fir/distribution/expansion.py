@@ -30,7 +30,7 @@ from fir.dialects.plan import INSTR_ATTRS, MICRO, SCHEDULE, LoadOp
 from fir.dialects.sbp import PositionOp
 from fir.distribution import layout
 from fir.distribution.partitioner import ProgramBuilder, spmd_partition
-from fir.distribution.placement import DEVICE, DEVICES, OF, symbol_name
+from fir.distribution.placement import DEVICE, DEVICES, OF, program_devices, symbol_name
 from fir.distribution.sbp import Mesh, Split
 from fir.syntax.diagnostics import FirError, loc_of
 
@@ -39,19 +39,9 @@ _FOLD = {"flow.add": lambda a, b: a + b, "flow.sub": lambda a, b: a - b, "flow.m
          "flow.cast": lambda a: a}
 
 
-def is_spmd_program(func: Operation) -> bool:
-    """True for a program spmd-partition wrote (it names the `devices` that run it)."""
-    return isinstance(func, FuncOp) and DEVICES in func.attributes
-
-
-def program_devices(func: FuncOp) -> list[int]:
-    """The devices that run an SPMD program."""
-    return [int(d) for d in func.attributes[DEVICES].get_values()]
-
-
 def expand_module(module: ModuleOp, meshes: dict[str, Mesh]) -> None:
     """Replace the SPMD programs of each function by its per-device programs, in device order."""
-    progs = [f for f in module.ops if is_spmd_program(f)]
+    progs = [f for f in module.ops if isinstance(f, FuncOp) and DEVICES in f.attributes]
     by_of: dict[str | None, list[FuncOp]] = {}
     for f in progs:
         by_of.setdefault(symbol_name(f.attributes.get(OF)), []).append(f)
@@ -126,9 +116,7 @@ class Expander:
             elif op in self.folds:
                 self.fold(op)
             elif isinstance(op, PositionOp):  # in a plan: the coordinate, written where the position was
-                vals = op.attr_values()
-                coord = self.meshes[vals["mesh"].name].coord(self.device)[vals["axis"]]
-                fill = OPS_BY_NAME["flow.fill"].make([], op.results[0].type, value=float(coord))
+                fill = OPS_BY_NAME["flow.fill"].make([], op.results[0].type, value=float(self.coordinate(op)))
                 fill.results[0].name_hint = op.results[0].name_hint
                 self.values[op.results[0]] = self.add(fill, op).results[0]
             elif op.name == "flow.constant" and not self.planned and _only_sliced(op.results[0]):
@@ -178,8 +166,7 @@ class Expander:
 
     def fold(self, op: Operation) -> None:
         if isinstance(op, PositionOp):
-            vals = op.attr_values()
-            self.known[op.results[0]] = self.meshes[vals["mesh"].name].coord(self.device)[vals["axis"]]
+            self.known[op.results[0]] = self.coordinate(op)
             return
         # a rank-0 fill that something else reads too was written as it is; its value folds here as well
         args = [self.known[v] if v in self.known else v.owner.attr_values()["value"] for v in op.operands]
@@ -216,10 +203,8 @@ class Expander:
             assert isinstance(dst, Split)
             whole, constant = self.pieces.get(op.operands[0], (None, None))
             x = None if whole is not None else self.operand(op.operands[0])
-            have = list(whole.shape if whole is not None else x.type.get_shape())
-            start, limit = [0] * len(have), list(have)
-            off, n = layout.piece(have[dst.axis], mesh.shape[axis], mesh.coord(self.device)[axis])
-            start[dst.axis], limit[dst.axis] = off, off + n
+            have = whole.shape if whole is not None else x.type.get_shape()
+            start, limit = self.piece_box(have, mesh, axis, dst.axis)
             if whole is not None:
                 piece = whole[tuple(slice(a, b) for a, b in zip(start, limit))]
                 if _only_sliced(op.results[0]):
@@ -237,16 +222,24 @@ class Expander:
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
 
+    def coordinate(self, op: PositionOp) -> int:
+        """The device's coordinate that an sbp.position names."""
+        vals = op.attr_values()
+        return self.meshes[vals["mesh"].name].coord(self.device)[vals["axis"]]
+
+    def piece_box(self, have, mesh: Mesh, mesh_axis: int, axis: int) -> tuple[list[int], list[int]]:
+        """(start, limit) of the device's piece of a tensor of shape `have` split along `axis` by `mesh_axis`."""
+        start, limit = [0] * len(have), list(have)
+        off, n = layout.piece(have[axis], mesh.shape[mesh_axis], mesh.coord(self.device)[mesh_axis])
+        start[axis], limit[axis] = off, off + n
+        return start, limit
+
     def piece_load(self, op: LoadOp) -> None:
         """A plan's load of the device's piece of an argument: the box of that piece."""
         vals = op.attr_values()
-        mesh = self.meshes[vals["mesh"].name]
         axis = changed_axis(vals["from"], vals["to"])
-        dst = vals["to"][axis]
-        have = op.operands[0].type.get_shape()
-        start, limit = [0] * len(have), list(have)
-        off, n = layout.piece(have[dst.axis], mesh.shape[axis], mesh.coord(self.device)[axis])
-        start[dst.axis], limit[dst.axis] = off, off + n
+        start, limit = self.piece_box(op.operands[0].type.get_shape(), self.meshes[vals["mesh"].name], axis,
+                                      vals["to"][axis].axis)
         new = LoadOp.make([self.operand(op.operands[0])], start=start, limit=limit)
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]

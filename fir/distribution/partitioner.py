@@ -319,8 +319,8 @@ class ProgramBuilder:
             value = np.asarray(attrs["value"]) if np.ndim(attrs["value"]) else attrs["value"]
             if np.ndim(value) and any(isinstance(s, Split) for s in out_nd):
                 # every device holds the whole constant and keeps its piece, as a B -> S boxing would
-                whole = self.add(cls.make([], from_tt((out_shape, dt)), value=np.broadcast_to(value, out_shape).tolist()), loc,
-                                 _suffix(hint, "whole"))
+                whole = self.add(cls.make([], from_tt((out_shape, dt)),
+                                          value=np.broadcast_to(value, out_shape).tolist()), loc, _suffix(hint, "whole"))
                 result = self.keep_piece(whole.results[0], out_nd, mesh, loc, hint)
             else:
                 result = self.add(cls.make([], from_tt((local_out, dt)), value=attrs["value"]), loc,

@@ -104,6 +104,19 @@ def int_value(op: Operation, name: str) -> int | None:
     return int(attr.value.data) if isinstance(attr, IntegerAttr) else None
 
 
+def program_devices(func: FuncOp) -> list[int]:
+    """The devices that run a program: an SPMD program's `devices`, a device program's `device`, else device 0."""
+    if DEVICES in func.attributes:
+        return [int(d) for d in func.attributes[DEVICES].get_values()]  # type: ignore[attr-defined]
+    d = int_value(func, DEVICE)
+    return [0 if d is None else d]
+
+
+def format_devices(devices: list[int]) -> str:
+    """A list of devices for a message: the first four, then an ellipsis."""
+    return ", ".join(map(str, devices[:4])) + (", ..." if len(devices) > 4 else "")
+
+
 def device_count(module: ModuleOp) -> int:
     """How many devices the module uses: one more than the highest device id of its meshes and device programs."""
     ids = [d for op in module.ops if isinstance(op, MeshOp) for d in op.mesh().devices]

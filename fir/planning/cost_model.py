@@ -232,15 +232,19 @@ def _module_of(op: Operation) -> ModuleOp | None:
     return top if isinstance(top, ModuleOp) else None
 
 
+def _mesh_named(op: Operation, name: str):
+    """A mesh an op names (its module declares it)."""
+    module = _module_of(op)
+    mesh = (meshes_of(module) if module is not None else {}).get(name)
+    if mesh is None:
+        raise FirError(f"'{op.name}' names mesh @{name}, which is not declared in its module", loc_of(op.location))
+    return mesh
+
+
 def _logical_collective(op: comm.CollectiveOp, device: int) -> tuple[list[int], int]:
     """(group, defining bytes) of a collective that names its mesh but no group (before partition)."""
-    module = _module_of(op)
     vals = op.attr_values()
-    meshes = meshes_of(module) if module is not None else {}
-    mesh = meshes.get(vals["mesh"].name)
-    if mesh is None:
-        raise FirError(f"'{op.name}' names mesh @{vals['mesh'].name}, which is not declared in its module",
-                       loc_of(op.location))
+    mesh = _mesh_named(op, vals["mesh"].name)
     axis, _, _ = op.transition()
     dev = device if device in mesh.devices else mesh.devices[0]
     coord = mesh.coord(dev)
@@ -258,15 +262,6 @@ def _kernel_estimate(nbytes: int, hw: Hardware) -> Estimate:
     return Estimate(t_memory + dev.launch_overhead, bound, 0, nbytes)
 
 
-def _spmd_mesh(op: Operation, name: str):
-    """A mesh an SPMD program's op names (its module declares it)."""
-    module = _module_of(op)
-    mesh = (meshes_of(module) if module is not None else {}).get(name)
-    if mesh is None:
-        raise FirError(f"'{op.name}' names mesh @{name}, which is not declared in its module", loc_of(op.location))
-    return mesh
-
-
 def _collective_estimate(op: comm.CollectiveOp, hw: Hardware, device: int) -> Estimate:
     if op.is_local and op.KIND == "slice":  # an SPMD program's B -> S: the device copies its piece
         return _kernel_estimate(2 * _tensor_bytes(op.results[0].type), hw)
@@ -275,7 +270,7 @@ def _collective_estimate(op: comm.CollectiveOp, hw: Hardware, device: int) -> Es
         if "group" in vals:
             group = list(vals["group"])
         else:  # an SPMD program's: the group follows from the mesh
-            group = _spmd_mesh(op, vals["mesh"].name).group(device, op.transition()[0])
+            group = _mesh_named(op, vals["mesh"].name).group(device, op.transition()[0])
         t = op.results[0].type if op.KIND == "all_gather" else op.operands[0].type
         nbytes = _tensor_bytes(t)
     else:
@@ -300,7 +295,7 @@ def instruction_estimate(op: Operation, hw: Hardware, device: int) -> Estimate:
             return Estimate(p2p_time(n, device, vals["to_device"], hw), LINK, 0, n, f"to device {vals['to_device']}")
         from fir.distribution.expansion import targets  # an SPMD program's: one send per peer, one after another
 
-        peers = targets(_spmd_mesh(op, vals["mesh"].name), _spmd_mesh(op, vals["to_mesh"].name), device)
+        peers = targets(_mesh_named(op, vals["mesh"].name), _mesh_named(op, vals["to_mesh"].name), device)
         return Estimate(sum(p2p_time(n, device, t, hw) for t in peers), LINK, 0, n * len(peers),
                         f"to devices {peers}")
     if isinstance(op, PositionOp):
@@ -309,11 +304,7 @@ def instruction_estimate(op: Operation, hw: Hardware, device: int) -> Estimate:
         return Estimate(0.0, NONE, 0, 0, "charged to the send")
     if isinstance(op, comm.SendRecvOp):
         vals = op.attr_values()
-        module = _module_of(op)
-        meshes = meshes_of(module) if module is not None else {}
-        src, dst = meshes.get(vals["mesh"].name), meshes.get(vals["to_mesh"].name)
-        if src is None or dst is None:
-            raise FirError(f"'{op.name}' names a mesh that is not declared in its module", loc_of(op.location))
+        src, dst = _mesh_named(op, vals["mesh"].name), _mesh_named(op, vals["to_mesh"].name)
         n = vals["bytes_per_device"]
         return Estimate(p2p_time(n, src.devices[0], dst.devices[0], hw), LINK, 0, n, "first devices of the meshes")
     if isinstance(op, plan.LoadOp):

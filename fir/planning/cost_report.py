@@ -14,7 +14,7 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.plan import ARENA_SIZE, STREAM
 from fir.syntax.printer import ValueNames
 from fir.planning.hardware import Hardware
-from fir.distribution.placement import DEVICE, DEVICES, func_mesh, int_value
+from fir.distribution.placement import DEVICE, DEVICES, format_devices, func_mesh, int_value, program_devices
 from fir.planning.plan_ir import is_plan
 
 
@@ -24,10 +24,9 @@ def _describe(func: FuncOp, meshes: dict) -> tuple[str, int]:
     if device is not None:
         return ("plan" if is_plan(func) else "device program") + f", device {device}", device
     if DEVICES in func.attributes:  # every device of the class runs it: priced for the first
-        devs = [int(d) for d in func.attributes[DEVICES].get_values()]
-        shown = ", ".join(map(str, devs[:4])) + (", ..." if len(devs) > 4 else "")
+        devs = program_devices(func)
         kind = "SPMD plan" if is_plan(func) else "SPMD program"
-        return f"{kind} of devices {shown}, priced for device {devs[0]}", devs[0]
+        return f"{kind} of devices {format_devices(devs)}, priced for device {devs[0]}", devs[0]
     mesh = meshes.get(func_mesh(func) or "")
     if mesh is not None:
         return f"logical program on @{mesh.name}, logical shapes", mesh.devices[0]

@@ -39,23 +39,15 @@ from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import MICRO, SCHEDULE, STREAM, LoadOp, PlanOp, RecordOp, StoreOp, WaitOp
-from fir.distribution.expansion import program_devices, source, targets
-from fir.distribution.placement import DEVICE, DEVICES, OF, int_value, symbol_name
+from fir.distribution.expansion import source, targets
+from fir.distribution.placement import OF, program_devices, symbol_name
 from fir.distribution.sbp import Mesh
 from fir.planning.plan_ir import event_of, record_after, stream_attr, stream_for, stream_of, wait_before
 
 
-def _first_device(func: FuncOp) -> int:
-    """The device of a device program (an SPMD program's first); a function on no mesh runs on device 0."""
-    if DEVICES in func.attributes:
-        return program_devices(func)[0]
-    d = int_value(func, DEVICE)
-    return 0 if d is None else d
-
-
 def _owners(funcs: list[FuncOp]) -> dict[int, FuncOp]:
     """The program each device runs."""
-    return {d: f for f in funcs for d in (program_devices(f) if DEVICES in f.attributes else [_first_device(f)])}
+    return {d: f for f in funcs for d in program_devices(f)}
 
 
 def _peers(o: SendOp | RecvOp, func: FuncOp, meshes: dict[str, Mesh]) -> list[int]:
@@ -64,7 +56,7 @@ def _peers(o: SendOp | RecvOp, func: FuncOp, meshes: dict[str, Mesh]) -> list[in
     if "to_mesh" not in v:
         return [v["to_device"]] if isinstance(o, SendOp) else [v["from_device"]]
     src, dst = meshes[v["mesh"].name], meshes[v["to_mesh"].name]
-    me = _first_device(func)
+    me = program_devices(func)[0]
     return targets(src, dst, me) if isinstance(o, SendOp) else [source(src, dst, me)]
 
 

@@ -33,8 +33,7 @@ from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.dtypes import nbytes
 from fir.dialects.sbp import meshes_of
-from fir.distribution.expansion import program_devices
-from fir.distribution.placement import DEVICES, OF, device_count, symbol_name
+from fir.distribution.placement import DEVICES, OF, device_count, program_devices, symbol_name
 from fir.planning.hardware import Hardware, load_hardware
 from fir.planning.plan_ir import entry_plans, event_of, instructions, is_plan, stream_of, verify_plan
 from fir.planning.trace import TraceEvent
@@ -92,7 +91,7 @@ class _Spmd:
     @staticmethod
     def of(plans: dict[int, FuncOp], meshes: dict) -> _Spmd:
         """The meetings of SPMD plans keyed by their first devices."""
-        from fir.distribution.expansion import program_devices, source
+        from fir.distribution.expansion import source
 
         owner = {d: first for first, f in plans.items() for d in program_devices(f)}
         members: dict[int, set[int]] = defaultdict(set)

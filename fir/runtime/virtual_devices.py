@@ -4,10 +4,11 @@ fir-run executes plans (fir.runtime.plan_executor); this runner executes partiti
 tests can check the distribution passes apart from scheduling and memory planning. Each device runs its own program
 (the `@f.devK` functions partition made, or the SPMD program of its class that spmd-partition made, with its own
 coordinates: its `sbp.position`, its piece in a comm.slice, its group in a collective, its peers in a send or
-receive) over its own memory: a dictionary of the numpy arrays it holds, never shared with another device. A program is a generator that stops at every comm op; the scheduler resumes devices round-robin
-and completes a collective once every member of its group has arrived, moving real copies of the data between the
-devices' memories (fir.runtime.collectives). Sends are buffered; a receive waits for its send. Logical inputs are
-scattered to the devices by their SBP and the results gathered back (fir.distribution.layout); the plan executor
+receive) over its own memory: a dictionary of the numpy arrays it holds, never shared with another device. A
+program is a generator that stops at every comm op; the scheduler resumes devices round-robin and completes a
+collective once every member of its group has arrived, moving real copies of the data between the devices'
+memories (fir.runtime.collectives). Sends are buffered; a receive waits for its send. Logical inputs are scattered
+to the devices by their SBP and the results gathered back (fir.distribution.layout); the plan executor
 (fir.runtime.plan_executor) shares that scatter and gather and the collectives' completion.
 """
 
@@ -29,9 +30,9 @@ from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import MeshOp, PositionOp, meshes_of
-from fir.distribution.expansion import program_devices, source, targets
-from fir.distribution.placement import (ARGS, DEVICE, DEVICES, OF, RESULTS, arg_attrs, lookup_mesh, res_attrs, symbol_name,
-                                        value_mesh, value_sbp)
+from fir.distribution.expansion import source, targets
+from fir.distribution.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, program_devices, res_attrs,
+                                        symbol_name, value_mesh, value_sbp)
 from fir.runtime import collectives
 from fir.runtime.interpreter import evaluate_op
 from fir.runtime.reference import KernelError
@@ -82,7 +83,7 @@ def device_programs(module: ModuleOp, name: str) -> list[Run]:
     runs = []
     for f in module.ops:
         if isinstance(f, FuncOp) and symbol_name(f.attributes.get(OF)) == name:
-            runs += [(d, f) for d in program_devices(f)] if DEVICES in f.attributes else [(device_of(f), f)]
+            runs += [(d, f) for d in program_devices(f)]
     return sorted(runs, key=lambda r: r[0])
 
 
@@ -134,7 +135,7 @@ def _run(dev: VirtualDevice, args: list[np.ndarray], meshes: dict[str, Mesh]) ->
         elif isinstance(op, SendOp):
             vals = op.attr_values()
             if "to_mesh" in vals:
-                src, dst = (_mesh(meshes, vals[k].name, dev.id if k == "mesh" else None, op) for k in ("mesh", "to_mesh"))
+                src, dst = _mesh(meshes, vals["mesh"].name, dev.id, op), _mesh(meshes, vals["to_mesh"].name, None, op)
                 for t in targets(src, dst, dev.id):
                     yield _Send(op, (vals["id"], dev.id, t)), ins[0]
             else:
@@ -143,7 +144,7 @@ def _run(dev: VirtualDevice, args: list[np.ndarray], meshes: dict[str, Mesh]) ->
         elif isinstance(op, RecvOp):
             vals = op.attr_values()
             if "to_mesh" in vals:
-                src, dst = (_mesh(meshes, vals[k].name, dev.id if k == "to_mesh" else None, op) for k in ("mesh", "to_mesh"))
+                src, dst = _mesh(meshes, vals["mesh"].name, None, op), _mesh(meshes, vals["to_mesh"].name, dev.id, op)
                 peer = source(src, dst, dev.id)
             else:
                 peer = vals["from_device"]
