@@ -324,3 +324,16 @@ def test_hardware_toml_error_shows_the_line(tmp_path, capsys):
     bad.write_text('name = "x"\nnodes = -1\n')
     err = _fails(capsys, fir_run, [MLP, "--simulate", "--hardware", str(bad)], f"{bad}:2:1: error: unknown key 'nodes'")
     assert "\nnodes = -1\n^" in err
+
+
+@pytest.mark.parametrize("width,col,why", [("0", 48, "integer modulo by zero"),
+                                           ("99999999999999999999", 67, "too many digits in integer")])
+def test_unusable_integer_width_in_mlir_is_located(tmp_path, capsys, width, col, why):
+    # xDSL computes with the width of `array<iN: ...>` while parsing: i0 divides by zero, a huge N overflows
+    path = tmp_path / "w.mlir"
+    path.write_text('"builtin.module"() ({\n  "func.func"() <{sym_name = "main", function_type = (tensor<4xf32>) -> '
+                    'tensor<4xf32>}> ({\n  ^bb0(%x: tensor<4xf32>):\n    %s = "flow.slice"(%x) <{start = '
+                    f'array<i{width}: 0>, limit = array<i64: 4>, stride = array<i64: 1>}}> : (tensor<4xf32>) -> '
+                    'tensor<4xf32>\n    "func.return"(%s) : (tensor<4xf32>) -> ()\n  }) : () -> ()\n}) : () -> ()\n')
+    _fails(capsys, fir_opt, [str(path)], f"w.mlir:4:{col}: error: cannot read this attribute: its integer type "
+           f"has an unusable width ({why})")

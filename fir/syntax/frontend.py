@@ -75,14 +75,18 @@ def parse_mlir(text: str, filename: str, ctx: Context | None = None, line_offset
         if isinstance(module.location, UnknownLoc):
             module.location = SourceLoc(filename, 1 + line_offset, 1).to_attr()
         return module
-    except (ValueError, VerifyException) as e:
+    except (ValueError, VerifyException, ArithmeticError) as e:
         # xDSL checks some things while parsing without a ParseError: names (ValueError), attributes it builds
-        # (VerifyException, e.g. `1 : i0`). Report them where the parser stopped.
+        # (VerifyException, e.g. `1 : i0`), integer widths it computes with (ArithmeticError, e.g. `array<i0: 0>`
+        # or a width of twenty digits). Report them where the parser stopped.
         where = SourceLoc(filename, 1 + line_offset, 1)
         if parser is not None:
             loc = parser._current_token.span.get_location()
             where = SourceLoc(filename, loc.line + line_offset, loc.col)
-        raise FirError(str(e.args[0]) if e.args else str(e), where) from None
+        msg = str(e.args[0]) if e.args else str(e)
+        if isinstance(e, ArithmeticError):
+            msg = f"cannot read this attribute: its integer type has an unusable width ({msg})"
+        raise FirError(msg, where) from None
     except ParseError as e:
         loc = e.span.get_location()
         where = SourceLoc(filename, loc.line + line_offset, loc.col)
