@@ -191,7 +191,8 @@ class Program:
         name = func.sym_name.data
         try:
             args = self._bind(func, inputs, seed)
-            planned = self.compile(name, microbatches, schedule, verify_each).module
+            # the numpy executor runs each class's SPMD plan on every device of the class
+            planned = self.compile(name, microbatches, schedule, verify_each, expand=backend == "cuda").module
             n = devices or devices_needed(planned)
             check_devices(planned, n)
             if backend == "cuda":

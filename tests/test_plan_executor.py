@@ -21,7 +21,10 @@ from fir.runtime.compare import compare_all
 from fir.dialects.dtypes import dtype_name, nbytes, numpy_dtype
 from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.passes import available_passes
-from fir.distribution.placement import placed_functions
+from fir.dialects.sbp import meshes_of
+from fir.distribution.expansion import expand_module
+from fir.distribution.placement import placed_functions, program_devices
+from fir.passes import SPMD_PIPELINE
 from fir.planning.plan_ir import HappensBefore, event_of, instructions, is_plan, stream_of
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
@@ -394,9 +397,9 @@ def test_plan_order_sees_cross_device_order():
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(path: Path, microbatches: int = 1):
+def _compile(path: Path, microbatches: int = 1, spmd: bool = False):
     """(plans, entry name, inputs, reference results, result dtypes) of an example (shared: clone before
-    changing it)."""
+    changing it): one plan per device, or with `spmd` one per class of devices (what fir-run executes)."""
     logical = parse_source(path.read_text(), str(path))
     func = find_function(logical, None)
     inputs = random_inputs(func, 0)
@@ -407,7 +410,11 @@ def _compile(path: Path, microbatches: int = 1):
     if microbatches > 1:
         passes["microbatch"]()(count=microbatches).apply(ctx, module)
         verify_module(module)
-    if placed_functions(module)[1]:
+    if placed_functions(module)[1] and spmd:
+        for name in SPMD_PIPELINE:
+            passes[name]()().apply(ctx, module)
+            verify_module(module)
+    elif placed_functions(module)[1]:
         module = distribute(module, ctx)
     for name in ("schedule", "plan-memory"):
         passes[name]()().apply(ctx, module)
@@ -415,12 +422,27 @@ def _compile(path: Path, microbatches: int = 1):
     return module, func.sym_name.data, inputs, want, _types(func)
 
 
+@pytest.mark.parametrize("spmd", [False, True], ids=["per-device", "spmd"])
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_every_example_matches_the_reference_in_adversarial_and_random_interleavings(path):
-    module, entry, inputs, want, types = _compile(path)
+def test_every_example_matches_the_reference_in_adversarial_and_random_interleavings(path, spmd):
+    module, entry, inputs, want, types = _compile(path, 1, spmd)
     for interleaving, seed in [("adversarial", 0), ("random", 1), ("random", 2), ("random", 3)]:
         run = execute_plan(module, entry, inputs, interleaving=interleaving, seed=seed)
         assert _ok(run.outputs, want, types), (path.stem, interleaving, seed)
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem != "mlp"], ids=lambda p: p.stem)
+def test_spmd_plans_run_exactly_as_their_expanded_plans(path):
+    # Each device runs its class's plan with its own coordinates: the same instructions as its expanded plan, so
+    # the same bits in the same order
+    module, entry, inputs, _, _ = _compile(path, 1, True)
+    expanded = module.clone()
+    expand_module(expanded, meshes_of(expanded))
+    verify_module(expanded)
+    direct, per_device = (execute_plan(m, entry, inputs, interleaving="in-order") for m in (module, expanded))
+    assert len(direct.order) == len(per_device.order) and direct.arena_size == per_device.arena_size
+    for a, b in zip(direct.outputs, per_device.outputs):
+        np.testing.assert_array_equal(a, b)
 
 
 def _byte_ranges(op: Operation) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
@@ -472,19 +494,20 @@ def _event_mutants(module: ModuleOp, entry: str):
                 yield f"@{f.sym_name.data} event {e}", mutant, False, False
                 continue
             cross = PlanOrder(mutant, entry)
-            yield f"@{f.sym_name.data} event {e}", mutant, True, any(not cross.before(kept[i], kept[j])
-                                                                      for i, j in lost)
+            yield f"@{f.sym_name.data} event {e}", mutant, True, any(not cross.before(kept[i], kept[j], d, d)
+                                                                      for i, j in lost for d in program_devices(f))
 
 
-# Small examples (the mutants of every example take minutes): (example, micro-batches).
-MUTANT_EXAMPLES = [("classifier", 1), ("embedding_classifier", 1), ("pipeline_mlp", 1), ("pipeline_train_mlp", 1),
-                   ("pipeline_train_mlp", 4), ("dp_mlp", 1)]
+# Small examples (the mutants of every example take minutes): (example, micro-batches, SPMD plans).
+MUTANT_EXAMPLES = [("classifier", 1, False), ("embedding_classifier", 1, False), ("pipeline_mlp", 1, False),
+                   ("pipeline_train_mlp", 1, False), ("pipeline_train_mlp", 4, False), ("dp_mlp", 1, False),
+                   ("pipeline_train_mlp", 4, True), ("dp_tp_mlp", 1, True)]
 
 
-@pytest.mark.parametrize("stem,microbatches", MUTANT_EXAMPLES, ids=lambda x: str(x))
-def test_dropping_a_needed_event_is_caught(stem, microbatches):
+@pytest.mark.parametrize("stem,microbatches,spmd", MUTANT_EXAMPLES, ids=lambda x: str(x))
+def test_dropping_a_needed_event_is_caught(stem, microbatches, spmd):
     path = next(p for p in EXAMPLES if p.stem == stem)
-    module, entry, inputs, want, types = _compile(path, microbatches)
+    module, entry, inputs, want, types = _compile(path, microbatches, spmd)
     caught, survived, covered, redundant = [], [], [], []
     for what, mutant, lost, really_lost in _event_mutants(module, entry):
         if not lost:
@@ -524,11 +547,12 @@ def _live_pair(func: FuncOp) -> tuple[Operation, Operation] | None:
     return None
 
 
+@pytest.mark.parametrize("spmd", [False, True], ids=["per-device", "spmd"])
 @pytest.mark.parametrize("stem", ["mlp", "dp_mlp", "dp_tp_mlp", "pipeline_train_mlp", "pipeline4_train_mlp",
                                   "tp_attention"])
-def test_an_offset_moved_onto_a_live_buffer_is_caught(stem):
+def test_an_offset_moved_onto_a_live_buffer_is_caught(stem, spmd):
     path = next(p for p in EXAMPLES if p.stem == stem)
-    module, entry, inputs, want, types = _compile(path)
+    module, entry, inputs, want, types = _compile(path, 1, spmd)
     module = module.clone()
     plans = [f for f in module.ops if isinstance(f, FuncOp) and is_plan(f)]
     func, (v, w) = next((f, pair) for f in plans if (pair := _live_pair(f)) is not None)

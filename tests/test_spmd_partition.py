@@ -200,14 +200,19 @@ def test_spmd_plans_expand_to_plans_that_run(name, microbatches):
 @settings(max_examples=int(os.environ.get("FIR_DIST_EXAMPLES", "120")) // 2, **SETTINGS)
 @given(programs(max_ops=8), st.data(), st.integers(0, 2**32 - 1))
 def test_random_spmd_plans_run(prog, data, seed):
-    # fuse, schedule and plan-memory on the SPMD programs, then each device's plan, under the adversarial
-    # interleaving
+    # fuse, schedule and plan-memory on the SPMD programs; each device runs its class's plan with its own
+    # coordinates (what fir-run does), under the adversarial interleaving, and gives the same bits as its
+    # expanded plan
     def planned_run(module, inputs):
         planned = _apply(module, SPMD_PLAN)
-        expand_module(planned, meshes_of(planned))
-        verify_module(planned)
         name = the_func(module).sym_name.data
-        return execute_plan(planned, name, inputs, 6, "adversarial", seed).outputs, print_fir(planned)
+        direct = execute_plan(planned, name, inputs, 6, "adversarial", seed).outputs
+        expanded = planned.clone()
+        expand_module(expanded, meshes_of(expanded))
+        verify_module(expanded)
+        for a, b in zip(direct, execute_plan(expanded, name, inputs, 6, "adversarial", seed).outputs):
+            np.testing.assert_array_equal(a, b)
+        return direct, print_fir(planned)
 
     _agrees_with_one_device(prog, data, seed, planned_run)
 

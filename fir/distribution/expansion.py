@@ -204,7 +204,7 @@ class Expander:
             whole, constant = self.pieces.get(op.operands[0], (None, None))
             x = None if whole is not None else self.operand(op.operands[0])
             have = whole.shape if whole is not None else x.type.get_shape()
-            start, limit = self.piece_box(have, mesh, axis, dst.axis)
+            start, limit = piece_box(have, mesh, axis, dst.axis, self.device)
             if whole is not None:
                 piece = whole[tuple(slice(a, b) for a, b in zip(start, limit))]
                 if _only_sliced(op.results[0]):
@@ -218,28 +218,18 @@ class Expander:
                 new = OPS_BY_NAME["flow.slice"].make([x], start=start, limit=limit)
         else:
             x = self.operand(op.operands[0])
-            new = type(op).make([x], op.results[0].type, **vals, group=mesh.group(self.device, axis))
+            group = list(collective_group(op, self.meshes, self.device))
+            new = type(op).make([x], op.results[0].type, **vals, group=group)
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
 
     def coordinate(self, op: PositionOp) -> int:
         """The device's coordinate that an sbp.position names."""
-        vals = op.attr_values()
-        return self.meshes[vals["mesh"].name].coord(self.device)[vals["axis"]]
-
-    def piece_box(self, have, mesh: Mesh, mesh_axis: int, axis: int) -> tuple[list[int], list[int]]:
-        """(start, limit) of the device's piece of a tensor of shape `have` split along `axis` by `mesh_axis`."""
-        start, limit = [0] * len(have), list(have)
-        off, n = layout.piece(have[axis], mesh.shape[mesh_axis], mesh.coord(self.device)[mesh_axis])
-        start[axis], limit[axis] = off, off + n
-        return start, limit
+        return coordinate(op, self.meshes, self.device)
 
     def piece_load(self, op: LoadOp) -> None:
         """A plan's load of the device's piece of an argument: the box of that piece."""
-        vals = op.attr_values()
-        axis = changed_axis(vals["from"], vals["to"])
-        start, limit = self.piece_box(op.operands[0].type.get_shape(), self.meshes[vals["mesh"].name], axis,
-                                      vals["to"][axis].axis)
+        start, limit = load_box(op, self.meshes, self.device)
         new = LoadOp.make([self.operand(op.operands[0])], start=start, limit=limit)
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
@@ -257,6 +247,47 @@ class Expander:
         new = RecvOp.make([], op.results[0].type, from_device=source(src, dst, self.device), id=vals["id"])
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
+
+
+# ----------------------------------------------------------------------------------------------- a device's values
+# What an SPMD program's op means on one device (expand-devices writes it; the executors compute it as they run).
+def coordinate(op: PositionOp, meshes: dict[str, Mesh], device: int) -> int:
+    """The device's coordinate that an sbp.position names."""
+    vals = op.attr_values()
+    return meshes[vals["mesh"].name].coord(device)[vals["axis"]]
+
+
+def piece_box(have, mesh: Mesh, mesh_axis: int, axis: int, device: int) -> tuple[list[int], list[int]]:
+    """(start, limit) of the device's piece of a tensor of shape `have` split along `axis` by `mesh_axis`."""
+    start, limit = [0] * len(have), list(have)
+    off, n = layout.piece(have[axis], mesh.shape[mesh_axis], mesh.coord(device)[mesh_axis])
+    start[axis], limit[axis] = off, off + n
+    return start, limit
+
+
+def is_local_slice(op: Operation) -> bool:
+    """An SPMD program's comm.slice (no group: each device keeps its own piece, nothing moves)."""
+    return isinstance(op, CollectiveOp) and op.KIND == "slice" and "group" not in op.properties
+
+
+def slice_box(op: CollectiveOp, meshes: dict[str, Mesh], device: int) -> tuple[list[int], list[int]]:
+    """The device's piece of the operand of an SPMD program's comm.slice (B -> S: no data moves)."""
+    axis, _, dst = op.transition()
+    assert isinstance(dst, Split)
+    return piece_box(op.operands[0].type.get_shape(), meshes[op.attr_values()["mesh"].name], axis, dst.axis, device)
+
+
+def load_box(op: LoadOp, meshes: dict[str, Mesh], device: int) -> tuple[list[int], list[int]]:
+    """The device's piece of the argument an SPMD plan's piece load (`plan.load {mesh, from, to}`) reads."""
+    vals = op.attr_values()
+    axis = changed_axis(vals["from"], vals["to"])
+    return piece_box(op.operands[0].type.get_shape(), meshes[vals["mesh"].name], axis, vals["to"][axis].axis, device)
+
+
+def collective_group(op: CollectiveOp, meshes: dict[str, Mesh], device: int) -> tuple[int, ...]:
+    """The group of an SPMD program's collective on a device: the devices of its mesh that differ from this one
+    only along the axis it changes."""
+    return tuple(meshes[op.attr_values()["mesh"].name].group(device, op.transition()[0]))
 
 
 def source(src: Mesh, dst: Mesh, device: int) -> int:

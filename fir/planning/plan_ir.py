@@ -15,7 +15,7 @@ from fir.dialects.flow import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, CastOp, Flo
 from fir.dialects.plan import OFFSET, SCHEDULE, STREAM, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.dtypes import nbytes
 from fir.dialects.sbp import PositionOp
-from fir.distribution.placement import DEVICE, OF, int_value, symbol_name
+from fir.distribution.placement import DEVICE, DEVICES, OF, int_value, program_devices, symbol_name
 
 
 def is_plan(func: FuncOp) -> bool:
@@ -24,8 +24,9 @@ def is_plan(func: FuncOp) -> bool:
 
 
 def entry_plans(module: ModuleOp, entry: str) -> tuple[dict[int, FuncOp], bool]:
-    """The plans of logical function @entry by device, and whether they are its device programs (`@entry.devK`)
-    rather than @entry itself planned as one device (device 0); FirError when there are none."""
+    """The plans of logical function @entry by device, and whether they are its device programs (`@entry.devK`, or
+    the SPMD plans of its classes of devices, each device mapped to its class's plan) rather than @entry itself
+    planned as one device (device 0); FirError when there are none."""
     entry = entry.lstrip("@")
     funcs = [op for op in module.ops if isinstance(op, FuncOp)]
     pieces = [f for f in funcs if symbol_name(f.attributes.get(OF)) == entry]
@@ -41,13 +42,13 @@ def entry_plans(module: ModuleOp, entry: str) -> tuple[dict[int, FuncOp], bool]:
         if not is_plan(f):
             raise FirError(f"@{f.sym_name.data} is not a plan yet (run the schedule and plan-memory passes)",
                            loc_of(f.location))
-        d = int_value(f, DEVICE)
-        if d is None:
+        if DEVICE not in f.attributes and DEVICES not in f.attributes:
             raise FirError(f"@{f.sym_name.data} is a program of @{entry} but names no device", loc_of(f.location))
-        if d in by_device:
-            raise FirError(f"@{by_device[d].sym_name.data} and @{f.sym_name.data} are both device {d}'s program of "
-                           f"@{entry}", loc_of(f.location))
-        by_device[d] = f
+        for d in program_devices(f):
+            if d in by_device:
+                raise FirError(f"@{by_device[d].sym_name.data} and @{f.sym_name.data} are both device {d}'s program "
+                               f"of @{entry}", loc_of(f.location))
+            by_device[d] = f
     return dict(sorted(by_device.items())), True
 
 

@@ -44,6 +44,10 @@ from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
+from fir.dialects.sbp import PositionOp, meshes_of
+from fir.distribution.expansion import (collective_group, coordinate, is_local_slice, load_box, slice_box, source,
+                                        targets)
+from fir.distribution.sbp import Mesh
 from fir.distribution.placement import int_value
 from fir.planning.plan_ir import entry_plans, event_of, instructions, overwritable_operands, stream_of, verify_plan
 from fir.runtime.interpreter import evaluate_op
@@ -95,6 +99,10 @@ class _Instr:
     start: tuple[int, ...] = ()
     racy: list[_Instr] = field(default_factory=list)  # later instructions it races with (adversarial)
     key: tuple | None = None  # what it meets on other devices: ("collective", id, group) or ("p2p", id, src, dst)
+    sends: list[tuple] = field(default_factory=list)  # a send's messages: ("p2p", id, src, dst) for each receiver
+    # An SPMD plan's op with the device's own constant: an sbp.position's coordinate, the box (start, limit) of the
+    # device's piece in a comm.slice or a piece load.
+    local: Any = None
     clobbers: list[_Slot] = field(default_factory=list)  # other values its write overlaps (adversarial)
     # Its result overlaps an operand, and not as an elementwise op overwriting that operand exactly: a kernel
     # would read bytes it has already written, so they read as poison here.
@@ -110,12 +118,13 @@ def _name(v: SSAValue) -> str:
 
 
 class _Device:
-    """One device: its plan's instructions by stream, its arena and the views into it, its host tensors."""
+    """One device: its plan's instructions by stream, its arena and the views into it, its host tensors. An SPMD
+    plan is shared by the devices of its class: each reads its own coordinates from `meshes`."""
 
-    def __init__(self, device: int, func: FuncOp, args: Sequence[np.ndarray] | None):
+    def __init__(self, device: int, func: FuncOp, args: Sequence[np.ndarray] | None, meshes: dict[str, Mesh]):
         self.id = device
         self.func = func
-        verify_plan(func)
+        self.meshes = meshes
         ops = instructions(func)
         size = int_value(func, ARENA_SIZE)
         if size is None:
@@ -155,7 +164,7 @@ class _Device:
 
     def _instr(self, pos: int, op: Operation) -> _Instr:
         stream = stream_of(op)
-        if not isinstance(op, (FlowOp, CollectiveOp, SendOp, RecvOp, LoadOp, StoreOp, RecordOp, WaitOp)):
+        if not isinstance(op, (FlowOp, CollectiveOp, SendOp, RecvOp, LoadOp, StoreOp, RecordOp, WaitOp, PositionOp)):
             raise FirError(f"'{op.name}' cannot run in a plan", loc_of(op.location))
         reads: list[_Slot] = []
         for v in op.operands:
@@ -175,23 +184,44 @@ class _Device:
         elif isinstance(op, StoreOp):
             # Poison until the store runs (a load of a store's host copy must wait for it).
             self.host[op.results[0]] = _poisoned(*_shape_dtype(op.results[0]))
-        ins = _Instr(op, self.id, stream, pos, reads, write, key=self._key(op))
+        ins = _Instr(op, self.id, stream, pos, reads, write)
+        self._meet(ins)
         if write is not None and write.hi > write.lo:
             exact = {k for k in overwritable_operands(op) if (reads[k].lo, reads[k].hi) == (write.lo, write.hi)}
             ins.self_clobber = any(r.lo < write.hi and write.lo < r.hi and k not in exact
                                    for k, r in enumerate(reads))
         return ins
 
-    def _key(self, op: Operation) -> tuple | None:
-        if isinstance(op, CollectiveOp):
-            return ("collective", op.attr_values()["id"], op.group_for(self.id))
-        if isinstance(op, SendOp):
-            vals = op.attr_values()
-            return ("p2p", vals["id"], self.id, vals["to_device"])
-        if isinstance(op, RecvOp):
-            vals = op.attr_values()
-            return ("p2p", vals["id"], vals["from_device"], self.id)
-        return None
+    def _meet(self, ins: _Instr) -> None:
+        """Set what the instruction meets on other devices (its key, a send's messages), and an SPMD op's local
+        constant."""
+        op = ins.op
+        try:
+            if isinstance(op, PositionOp):
+                ins.local = coordinate(op, self.meshes, self.id)
+            elif isinstance(op, LoadOp) and "mesh" in op.properties:
+                ins.local = load_box(op, self.meshes, self.id)
+            elif is_local_slice(op):
+                ins.local = slice_box(op, self.meshes, self.id)  # type: ignore[arg-type]
+            elif isinstance(op, CollectiveOp):
+                group = op.group_for(self.id) if "group" in op.properties else \
+                    collective_group(op, self.meshes, self.id)
+                ins.key = ("collective", op.attr_values()["id"], group)
+            elif isinstance(op, SendOp):
+                vals = op.attr_values()
+                peers = targets(*self._meshes(op), self.id) if "to_mesh" in vals else [vals["to_device"]]
+                ins.sends = [("p2p", vals["id"], self.id, t) for t in peers]
+            elif isinstance(op, RecvOp):
+                vals = op.attr_values()
+                peer = source(*self._meshes(op), self.id) if "to_mesh" in vals else vals["from_device"]
+                ins.key = ("p2p", vals["id"], peer, self.id)
+        except (KeyError, ValueError):  # a mesh it names is missing or does not hold the device
+            raise FirError(f"device {self.id}: '{op.name}' names a mesh that does not hold it",
+                           loc_of(op.location)) from None
+
+    def _meshes(self, op: SendOp | RecvOp) -> tuple[Mesh, Mesh]:
+        vals = op.attr_values()
+        return self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
 
     def _slot(self, op: Operation, v: SSAValue) -> _Slot:
         shape, dtype = _shape_dtype(v)
@@ -256,7 +286,7 @@ class _Engine:
             return (ins.device, event_of(op)) in self.fired
         if isinstance(op, RecvOp):
             return self._deliverable(ins)
-        return not isinstance(op, CollectiveOp)
+        return not isinstance(op, CollectiveOp) or ins.local is not None
 
     def _deliverable(self, ins: _Instr) -> bool:
         """Has the receive's message arrived, as the oldest one from its sender?"""
@@ -280,7 +310,7 @@ class _Engine:
             elif isinstance(op, RecvOp):
                 if self._deliverable(ins):
                     out.append((ins,))
-            elif isinstance(op, CollectiveOp):
+            elif isinstance(op, CollectiveOp) and ins.local is None:
                 meeting.setdefault(ins.key, []).append(ins)  # type: ignore[arg-type]
             else:
                 out.append((ins,))
@@ -304,7 +334,7 @@ class _Engine:
             received, sent = self.mailbox.pop(first.key)
             self.channels[(first.key[2], first.key[3])].popleft()
             starts = [_join(starts[0], sent)]
-        elif isinstance(op, CollectiveOp):
+        elif isinstance(op, CollectiveOp) and first.local is None:
             starts = [_join(*starts)] * len(chosen)
         if self.data:
             self._compute(chosen, received)
@@ -317,8 +347,7 @@ class _Engine:
             self.clock[k] = done
             if isinstance(m.op, RecordOp):
                 self.fired[(m.device, event_of(m.op))] = done
-            elif isinstance(m.op, SendOp):
-                key = m.key
+            for key in m.sends:
                 if key in self.mailbox:
                     raise FirError(f"device {m.device} sends a second value with id {key[1]} to device {key[3]} "
                                    "before the first is received", loc_of(m.op.location))
@@ -336,9 +365,13 @@ class _Engine:
             if m.self_clobber:
                 assert m.write is not None
                 self.devices[m.device].arena[m.write.lo:m.write.hi] = POISON
-        if isinstance(op, CollectiveOp):
+        if isinstance(op, PositionOp):
+            _write(first, np.array(first.local, dtype=first.write.view.dtype))  # type: ignore[union-attr]
+        elif isinstance(op, CollectiveOp) and first.local is not None:  # B -> S: the device keeps its piece
+            _write(first, np.array(_boxed(first.reads[0].readonly, first.local)))
+        elif isinstance(op, CollectiveOp):
             members: list[CollectiveOp] = [m.op for m in chosen]  # type: ignore[misc]
-            outs = complete_collective(members, [m.reads[0].readonly for m in chosen], tuple(op.attr_values()["group"]))
+            outs = complete_collective(members, [m.reads[0].readonly for m in chosen], first.key[2])  # type: ignore
             for m, out in zip(chosen, outs):
                 _write(m, out)
         elif isinstance(op, FlowOp):
@@ -351,8 +384,10 @@ class _Engine:
         elif isinstance(op, LoadOp):
             x = dev.host[op.operands[0]]
             vals = op.attr_values()
-            if "start" in vals:
-                x = x[tuple(slice(s, e) for s, e in zip(vals["start"], vals["limit"]))]
+            if first.local is not None:
+                x = _boxed(x, first.local)
+            elif "start" in vals:
+                x = _boxed(x, (vals["start"], vals["limit"]))
             _write(first, x)
         elif isinstance(op, StoreOp):
             dev.host[op.results[0]] = np.array(first.reads[0].view, copy=True)
@@ -391,6 +426,11 @@ class _Engine:
             key = next(iter(self.mailbox))
             raise FirError(f"device {key[2]} sent a value (id {key[1]}) to device {key[3]} that never received it",
                            loc_of(self.senders[key].location))
+
+
+def _boxed(x: np.ndarray, box: tuple[Sequence[int], Sequence[int]]) -> np.ndarray:
+    """The part of x in the box (start, limit)."""
+    return x[tuple(slice(a, b) for a, b in zip(*box))]
 
 
 def _join(*clocks: Sequence[int]) -> list[int]:
@@ -527,17 +567,36 @@ class PlanOrder:
 
     def __init__(self, module: ModuleOp, entry: str):
         plans, _ = entry_plans(module, entry)
-        devices = {d: _Device(d, f, None) for d, f in plans.items()}
+        devices = _devices(module, plans, None)
         self._columns = _synchronise(devices)
-        self._instrs = {ins.op: ins for dev in devices.values() for ins in dev.instrs}
+        self._instrs = {(d, ins.op): ins for d, dev in devices.items() for ins in dev.instrs}
+        self._first = {f: d for d, f in reversed(list(plans.items()))}
 
-    def before(self, a: Operation, b: Operation) -> bool:
-        """True when instruction `a` is complete before instruction `b` starts, in every legal interleaving."""
-        x, y = self._instrs[a], self._instrs[b]
+    def before(self, a: Operation, b: Operation, a_device: int | None = None, b_device: int | None = None) -> bool:
+        """True when instruction `a` (on `a_device`) is complete before instruction `b` (on `b_device`) starts, in
+        every legal interleaving; a device left out is the first that runs the instruction's plan."""
+        x = self._instrs[(self._device(a, a_device), a)]
+        y = self._instrs[(self._device(b, b_device), b)]
         return y.start[self._columns[(x.device, x.stream)]] >= x.index
+
+    def _device(self, op: Operation, device: int | None) -> int:
+        if device is not None:
+            return device
+        func = op.parent_op()
+        assert isinstance(func, FuncOp)
+        return self._first[func]
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+def _devices(module: ModuleOp, plans: dict[int, FuncOp], args: dict[int, list[np.ndarray]] | None
+             ) -> dict[int, _Device]:
+    """Every device of the plans (each distinct plan verified once), with its arguments (poison when None)."""
+    for f in set(plans.values()):
+        verify_plan(f)
+    meshes = meshes_of(module)
+    return {d: _Device(d, f, None if args is None else args[d], meshes) for d, f in plans.items()}
+
+
 def device_inputs(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_devices: int | None = None
                   ) -> tuple[dict[int, FuncOp], bool, dict[int, list[np.ndarray]]]:
     """The plans of logical function @entry by device, whether they are device programs, and each device's
@@ -566,7 +625,7 @@ def execute_plan(module: ModuleOp, entry: str, inputs: Sequence[np.ndarray], n_d
     if interleaving not in INTERLEAVINGS:
         raise FirError(f"unknown interleaving \"{interleaving}\" (choose {', '.join(INTERLEAVINGS)})")
     plans, partitioned, device_args = device_inputs(module, entry, inputs, n_devices)
-    devices = {d: _Device(d, f, device_args[d]) for d, f in plans.items()}
+    devices = _devices(module, plans, device_args)
     rng = np.random.default_rng(seed)
     adversary = None
     if interleaving == "adversarial":
