@@ -191,8 +191,8 @@ class Program:
         name = func.sym_name.data
         try:
             args = self._bind(func, inputs, seed)
-            # the numpy executor runs each class's SPMD plan on every device of the class
-            planned = self.compile(name, microbatches, schedule, verify_each, expand=backend == "cuda").module
+            # both executors run each class's SPMD plan on every device of the class
+            planned = self.compile(name, microbatches, schedule, verify_each, expand=False).module
             n = devices or devices_needed(planned)
             check_devices(planned, n)
             if backend == "cuda":

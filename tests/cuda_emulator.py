@@ -69,7 +69,9 @@ def emulator_source(kernels: Sequence[Kernel]) -> str:
                                      f"(emu_dynamic_smem);", tu)
     thunks, table = [], []
     for i, k in enumerate(kernels):
-        args = ", ".join(f"({'const ' if p.const else ''}{p.ctype}*)a[{j}]" for j, p in enumerate(k.params))
+        # a scalar parameter's job buffer holds its value
+        args = ", ".join(f"*(const {p.ctype}*)a[{j}]" if p.scalar else f"({'const ' if p.const else ''}{p.ctype}*)a[{j}]"
+                         for j, p in enumerate(k.params))
         thunks.append(f"static void emu_thunk_{i}(void** a) {{ {k.name}({args}); }}")
         table.append(f'  {{"{k.name}", emu_thunk_{i}, {len(k.params)}}},')
     return "\n".join([

@@ -15,7 +15,10 @@ from fir.syntax.frontend import parse_source
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
 
-EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "*.fir")))
+HERE = os.path.dirname(__file__)
+# The examples, and a program whose SPMD plans launch kernels with each device's coordinate and piece start.
+EXAMPLES = sorted(glob.glob(os.path.join(HERE, "..", "examples", "*.fir"))) + \
+    [os.path.join(HERE, "data", "spmd_positions.fir")]
 
 pytestmark = pytest.mark.gpu
 
@@ -38,8 +41,9 @@ def test_example_on_the_gpu(path: str):
     inputs = random_inputs(func, 0)
     want = run_function(module, func, inputs)
     for micro in ((1, 2) if "microbatch" in text else (1,)):
-        planned = compile_plan(module, microbatches=micro)
-        _check(execute_plan_cuda(planned, func.sym_name.data, inputs).outputs, want, func)
+        for expand in (False, True):  # SPMD plans (what fir-run runs), and every device's expanded plan
+            planned = compile_plan(module, microbatches=micro, expand=expand)
+            _check(execute_plan_cuda(planned, func.sym_name.data, inputs).outputs, want, func)
 
 
 SINGLE_OPS = {

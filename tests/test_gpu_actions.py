@@ -14,23 +14,27 @@ import pytest
 from fir.compile import compile_plan
 from fir.syntax.diagnostics import FirError
 from fir.syntax.frontend import parse_source
-from fir.runtime.gpu_actions import ORDERS, BoxCopy, GroupReduce, Wait, lower, run_actions
+from fir.dialects.sbp import meshes_of
+from fir.runtime.gpu_actions import ORDERS, BoxCopy, GroupReduce, HostToDevice, LaunchOp, Wait, lower, run_actions
 from fir.runtime.inputs import random_inputs
 from fir.runtime.interpreter import find_function, run_function
 from fir.runtime.plan_executor import device_inputs, logical_outputs
 
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "*.fir")))
+SPMD_POSITIONS = os.path.join(os.path.dirname(__file__), "data", "spmd_positions.fir")
 
 
-def setup(path: str, microbatches: int = 1):
+def setup(path: str, microbatches: int = 1, spmd: bool = False):
+    """The reference results, the lowered actions, and a function running actions to logical results; with `spmd`
+    from the SPMD plans fir-run compiles (one per class of devices), else from every device's expanded plan."""
     with open(path, encoding="utf-8") as f:
         module = parse_source(f.read(), os.path.basename(path))
     func = find_function(module, None)
     inputs = random_inputs(func, 0)
-    planned = compile_plan(module, microbatches=microbatches)
+    planned = compile_plan(module, microbatches=microbatches, expand=not spmd)
     entry = func.sym_name.data
     plans, partitioned, args = device_inputs(planned, entry, inputs)
-    lowered = lower(plans)
+    lowered = lower(plans, meshes_of(planned))
 
     def results(actions_lowered, order: str, seed: int = 0):
         return logical_outputs(planned, entry, plans, partitioned, run_actions(actions_lowered, args, order, seed))
@@ -43,13 +47,29 @@ def close(got, want) -> bool:
                for g, w in zip(got, want))
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(p))
-def test_examples_run_from_the_actions_in_any_order(path: str):
+@pytest.mark.parametrize("spmd", [False, True], ids=["per-device", "spmd"])
+@pytest.mark.parametrize("path", EXAMPLES + [SPMD_POSITIONS], ids=lambda p: os.path.basename(p))
+def test_examples_run_from_the_actions_in_any_order(path: str, spmd: bool):
     with open(path, encoding="utf-8") as f:
         micro = 2 if "microbatch" in f.read() else 1
-    want, lowered, results = setup(path, micro)
+    want, lowered, results = setup(path, micro, spmd)
     for order in ORDERS:
         assert close(results(lowered, order, 7), want), order
+
+
+def test_spmd_plans_share_their_code_and_launch_with_each_devices_values():
+    # devices 1 and 2 run one SPMD plan: one DeviceCode, launches with their own coordinate and piece start
+    _, lowered, _ = setup(SPMD_POSITIONS, spmd=True)
+    assert lowered.codes[1] is lowered.codes[2] and lowered.codes[0] is not lowered.codes[1]
+    values = {}
+    for a in lowered.actions:
+        if isinstance(a, LaunchOp) and a.values:
+            values.setdefault(a.op.name, {})[a.stream[0]] = a.values
+    # coordinates 0, 1, 2; rows 7 split 3, 2, 2 start at 0, 3, 5
+    assert values == {"sbp.position": {0: (0,), 1: (1,), 2: (2,)}, "comm.slice": {0: (0,), 1: (3,), 2: (5,)}}
+    boxes = {a.stream[0]: a.box for a in lowered.actions if isinstance(a, HostToDevice) and a.box is not None
+             and a.dst.shape[1] == 4}
+    assert boxes == {0: ((0, 3), (0, 4)), 1: ((3, 5), (0, 4)), 2: ((5, 7), (0, 4))}
 
 
 def test_collectives_become_copies_and_reductions():
@@ -68,8 +88,9 @@ def test_collectives_become_copies_and_reductions():
             assert a.kernel("k").name == "k"
 
 
-def test_a_dropped_wait_gives_wrong_numbers():
-    want, lowered, results = setup(os.path.join(os.path.dirname(__file__), "..", "examples", "dp_mlp.fir"))
+@pytest.mark.parametrize("spmd", [False, True], ids=["per-device", "spmd"])
+def test_a_dropped_wait_gives_wrong_numbers(spmd: bool):
+    want, lowered, results = setup(os.path.join(os.path.dirname(__file__), "..", "examples", "dp_mlp.fir"), 1, spmd)
     waits = [i for i, a in enumerate(lowered.actions) if isinstance(a, Wait)]
     assert waits
     for i in waits:

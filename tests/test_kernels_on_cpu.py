@@ -32,7 +32,10 @@ from test_codegen_examples import EXAMPLES, planned
 import fir.codegen.matmul as matmul_mod
 import fir.codegen.source as source_mod
 from fir.dialects import dtypes
+from fir.codegen import cuda_program
 from fir.codegen.cuda_program import module_code
+from fir.distribution.placement import program_devices
+from fir.distribution.sbp import Mesh
 from fir.codegen.elementwise import elementwise_kernel
 from fir.codegen.kernel_ir import SYNC, For, If, Kernel, Param, Raw, Stmt, lit, render_kernel
 from fir.codegen.layout import gather_kernel, transpose_kernel
@@ -41,6 +44,7 @@ from fir.codegen.reduction import cross_entropy_kernel, reduce_kernel
 from fir.dialects.base import to_tt
 from fir.dialects.flow import (CastOp, CrossEntropyOp, FusedOp, GatherOp, MatmulOp, ReduceMeanOp, ReduceSumOp,
                                TransposeOp)
+from fir.runtime.gpu_actions import launched
 from fir.runtime.interpreter import evaluate_op
 
 pytestmark = needs_gxx
@@ -119,6 +123,16 @@ def _random_operands(op, seed: int) -> list[np.ndarray]:
     return out
 
 
+def _rank_values(op) -> list[int]:
+    """Scalar arguments for an SPMD plan's kernel: those of the last device of its class (the largest coordinate
+    or piece start)."""
+    last = program_devices(op.parent_op())[-1]
+    return [r.value(MESHES, last) for r in cuda_program.rank_args(op)]
+
+
+MESHES = {"m": Mesh("m", (3,), (0, 1, 2))}  # the mesh of tests/data/spmd_positions.fir
+
+
 @functools.cache
 def example_outcomes() -> dict[str, tuple[Outcome, np.ndarray, str]]:
     """label -> (emulator outcome, reference output, result dtype), all examples' kernels in one program."""
@@ -126,8 +140,9 @@ def example_outcomes() -> dict[str, tuple[Outcome, np.ndarray, str]]:
     for i, ek in enumerate(example_kernels()):
         ins = inputs_for_op(ek.op, 1000 + i)
         shape, dt = to_tt(ek.op.results[0].type)
-        jobs.append((ek.kernel, shape, dtypes.numpy_dtype(dt), ins))
-        refs.append((evaluate_op(ek.op, ins), dt))
+        values = _rank_values(ek.op)
+        jobs.append((ek.kernel, shape, dtypes.numpy_dtype(dt), ins + [np.array([v], np.int64) for v in values]))
+        refs.append((launched(ek.op, ins, values), dt))
     outs = run_outcomes(jobs)
     return {ek.label: (o, ref, dt) for ek, o, (ref, dt) in zip(example_kernels(), outs, refs)}
 

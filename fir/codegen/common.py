@@ -122,6 +122,11 @@ def tensor_param(name: str, dtype: str, const: bool = True) -> Param:
     return Param(name, STORAGE[dtype], const)
 
 
+def scalar_param(name: str) -> Param:
+    """A 64-bit integer parameter passed by value."""
+    return Param(name, INDEX, scalar=True)
+
+
 def grid_stride(var: Var, n: int, body: list[Stmt]) -> For:
     """for (i = global thread id; i < n; i += all threads) body."""
     start = binop("+", binop("*", Cast(INDEX, BID), BDIM), TID)

@@ -209,11 +209,19 @@ SYNC = Raw("__syncthreads();")
 # ----------------------------------------------------------------------------------------------- kernels
 @dataclass(frozen=True)
 class Param:
-    """A kernel parameter: a pointer to a tensor's elements (const when read only)."""
+    """A kernel parameter: a pointer to a tensor's elements (const when read only), or with `scalar` a 64-bit
+    integer passed by value (a device's own constant in an SPMD plan, such as its coordinate)."""
 
     name: str
     ctype: str
     const: bool = True
+    scalar: bool = False
+
+    def text(self) -> str:
+        """The parameter's C declaration."""
+        if self.scalar:
+            return f"const {self.ctype} {self.name}"
+        return f"{'const ' if self.const else ''}{self.ctype}* {self.name}"
 
     def var(self) -> Var:
         """The parameter as an expression."""
@@ -298,7 +306,7 @@ def render_stmts(stmts: Sequence[Stmt], indent: int = 1) -> list[str]:
 
 def render_kernel(k: Kernel) -> str:
     """The kernel as an `extern "C" __global__` function."""
-    params = ", ".join(f"{'const ' if p.const else ''}{p.ctype}* {p.name}" for p in k.params)
+    params = ", ".join(p.text() for p in k.params)
     bounds = f"__launch_bounds__({k.max_threads or k.threads()}) "
     head = f"// {k.comment}\n" if k.comment else ""
     body = "\n".join(render_stmts(k.body))

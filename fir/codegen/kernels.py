@@ -12,6 +12,8 @@ from fir.codegen.kernel_ir import Kernel
 from fir.codegen.matmul import matmul_kernel
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.flow import FUSIBLE_OPS, FusedOp
+from fir.dialects.sbp import PositionOp
+from fir.distribution.expansion import is_local_slice
 
 Emitter = Callable[[str, Operation], Kernel]
 
@@ -36,9 +38,15 @@ EMITTERS: dict[str, Emitter] = {
 
 
 def kernel_for(name: str, op: Operation) -> Kernel:
-    """The CUDA kernel computing one flow op (or flow.fused group) on its local shapes, named `name`."""
+    """The CUDA kernel computing one flow op (or flow.fused group) on its local shapes, named `name`; or one of
+    an SPMD plan's ops whose value depends on the device (sbp.position, a local comm.slice), whose kernel takes
+    that dependence as a scalar argument given at launch."""
     if isinstance(op, (FusedOp, *FUSIBLE_OPS)):
         return elementwise_kernel(name, op)
+    if isinstance(op, PositionOp):
+        return layout.position_kernel(name, op)
+    if is_local_slice(op):
+        return layout.piece_kernel(name, op)
     emitter = EMITTERS.get(op.name)
     if emitter is None:
         raise FirError(f"no CUDA kernel for '{op.name}'", loc_of(op.location))

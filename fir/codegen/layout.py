@@ -18,6 +18,7 @@ from fir.codegen.common import (
     float_constant,
     grid_stride,
     offset,
+    scalar_param,
     store,
     store_value,
     strides,
@@ -164,6 +165,30 @@ def slice_kernel(name: str, op: Operation) -> Kernel:
     return _copy_kernel(name, op, f"slice start={list(vals['start'])} stride={list(vals['stride'])}", source)
 
 
+def piece_kernel(name: str, op: Operation) -> Kernel:
+    """An SPMD plan's comm.slice (B -> S(axis)): the device's piece, whose start along the split axis is the
+    launch's scalar argument (the class's pieces share one shape, not one start)."""
+    in_shape, dt = _shape(op.operands[0])
+    out_shape = _shape(op.results[0])[0]
+    axis = op.transition()[2].axis  # type: ignore[attr-defined]
+    params = [tensor_param("out", dt, const=False), tensor_param("in0", dt), scalar_param("start")]
+    n = math.prod(out_shape)
+    i = Var("i")
+    coords = unravel(i, out_shape)
+    coords[axis] = binop("+", coords[axis], params[2].var())
+    body = [_raw_copy(params[0], params[1], i, offset(coords, in_shape))]
+    return Kernel(name, params, [grid_stride(i, n, body)], (blocks_for(n), 1, 1), (THREADS, 1, 1),
+                  comment=f"the device's piece along axis {axis} (start given at launch)")
+
+
+def position_kernel(name: str, op: Operation) -> Kernel:
+    """sbp.position: the device's coordinate, given at launch, as a rank-0 tensor."""
+    dt = _shape(op.results[0])[1]  # i32 or i64
+    params = [tensor_param("out", dt, const=False), scalar_param("coord")]
+    return Kernel(name, params, [store(params[0], dt, 0, params[1].var())], (1, 1, 1), (1, 1, 1),
+                  comment="the device's coordinate (given at launch)")
+
+
 def concat_kernel(name: str, op: Operation) -> Kernel:
     """flow.concat: each output element from the operand whose range along `axis` holds it."""
     out_shape, dt = _shape(op.results[0])
@@ -250,5 +275,5 @@ def constant_kernel(name: str, op: Operation) -> Kernel:
                   helpers=(helper,))
 
 
-__all__ = ["concat_kernel", "constant_kernel", "gather_kernel", "iota_kernel", "reshape_kernel", "slice_kernel",
-           "transpose_kernel"]
+__all__ = ["concat_kernel", "constant_kernel", "gather_kernel", "iota_kernel", "piece_kernel", "position_kernel",
+           "reshape_kernel", "slice_kernel", "transpose_kernel"]

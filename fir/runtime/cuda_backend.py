@@ -1,6 +1,8 @@
 """fir-run's CUDA backend: execute a program's plans on one GPU through pycuda.
 
-Every virtual device gets one arena (a single allocation of its plan's `arena_size`) on the GPU, and its
+The plans are SPMD plans (one per class of devices) or per-device plans; an SPMD plan's translation unit is
+compiled once for its class, and each device's launches carry its own scalar arguments (coordinates, piece
+starts). Every virtual device gets one arena (a single allocation of its plan's `arena_size`) on the GPU, and its
 streams become pycuda streams; the actions fir.runtime.gpu_actions lowers the plans to are issued in order:
 kernels launched with the geometry and shared memory the plan gives, host copies asynchronous from page-locked
 buffers, collectives and send/recv between virtual devices as device-to-device box copies and reduction
@@ -24,6 +26,7 @@ from fir.codegen.prelude import STATUS_EMPTY_MEAN, STATUS_INDEX_OUT_OF_RANGE, ST
 from fir.codegen.source import translation_unit
 from fir.syntax.diagnostics import FirError
 from fir.dialects.dtypes import numpy_dtype
+from fir.dialects.sbp import meshes_of
 from fir.runtime.gpu_actions import (BoxCopy, DeviceToHost, GroupReduce, HostToDevice, LaunchOp, Lowered, Record,
                                      Wait, lower, returned_values)
 from fir.runtime.plan_executor import device_inputs, logical_outputs
@@ -88,7 +91,7 @@ class _Compiled:
     @staticmethod
     def _prepare(mod: Any, k: Kernel, drv: Any) -> Any:
         fn = mod.get_function(k.name)
-        fn.prepare("P" * len(k.params))
+        fn.prepare("".join("q" if p.scalar else "P" for p in k.params))  # scalars: 64-bit, by value
         if k.smem > 48 * 1024:  # dynamic shared memory beyond 48 KiB is opt-in
             fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, k.smem)
         return fn
@@ -108,7 +111,7 @@ class CudaExecutable:
         self.drv = drv
         self.module, self.entry = module, entry
         self.plans, self.partitioned, self.device_args = device_inputs(module, entry, inputs, n_devices)
-        self.lowered = lower(self.plans)
+        self.lowered = lower(self.plans, meshes_of(module))
         major, minor = drv.Context.get_device().compute_capability()
         self.compiled = _Compiled(self.lowered, drv, source_module, f"sm_{major}{minor}")
         sizes = {d: max(1, code.arena_size) for d, code in self.lowered.codes.items()}
@@ -149,7 +152,8 @@ class CudaExecutable:
             if isinstance(a, LaunchOp):
                 ln = a.launch
                 fn = self.compiled.functions[(a.stream[0], ln.kernel)]
-                fn.prepared_async_call(ln.grid, ln.block, s, *(self._ptr(b) for b in a.bufs), shared_size=ln.smem)
+                fn.prepared_async_call(ln.grid, ln.block, s, *(self._ptr(b) for b in a.bufs), *a.values,
+                                       shared_size=ln.smem)
             elif isinstance(a, HostToDevice):
                 if copies and a.dst.nbytes():
                     drv.memcpy_htod_async(self._ptr(a.dst), self.staged[i], s)
@@ -185,7 +189,7 @@ class CudaExecutable:
     def outputs(self) -> list[np.ndarray]:
         """The logical results of the last step."""
         acts = self.lowered.actions
-        host = {a.value: self.staged[i][:a.src.nbytes()].view(numpy_dtype(a.src.dtype)).reshape(a.src.shape).copy()
+        host = {(a.stream[0], a.value): self.staged[i][:a.src.nbytes()].view(numpy_dtype(a.src.dtype)).reshape(a.src.shape).copy()
                 for i, a in enumerate(acts) if isinstance(a, DeviceToHost)}
         outs = returned_values(self.lowered, host, self.device_args)
         return logical_outputs(self.module, self.entry, self.plans, self.partitioned, outs)

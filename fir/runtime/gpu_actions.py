@@ -28,20 +28,21 @@ from xdsl.dialects.func import FuncOp
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from fir.dialects import dtypes
-from fir.codegen.cuda_program import DeviceCode, Launch, device_code, offset_of
+from fir.codegen.cuda_program import DeviceCode, Launch, device_code, is_launched, offset_of
 from fir.codegen.kernel_ir import Kernel
 from fir.codegen.transfer import box_copy_kernel, group_reduce_kernel
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
-from fir.dialects.flow import FlowOp
 from fir.dialects.plan import LoadOp, RecordOp, StoreOp, WaitOp
+from fir.dialects.sbp import PositionOp
+from fir.distribution.expansion import collective_group, is_local_slice, load_box, source, targets
 from fir.distribution.layout import piece
 from fir.planning.plan_ir import event_of, instructions, stream_of
 from fir.runtime import collectives
 from fir.runtime.virtual_devices import check_members
 from fir.runtime.interpreter import evaluate_op
-from fir.distribution.sbp import Partial, Split
+from fir.distribution.sbp import Mesh, Partial, Split
 
 Stream = tuple[int, str]  # (device, stream name)
 
@@ -62,12 +63,13 @@ class Buf:
 
 @dataclass(frozen=True)
 class LaunchOp:
-    """A flow instruction's kernel: out, then the operands."""
+    """A flow instruction's kernel: out, then the operands, then the device's scalar arguments (SPMD plans)."""
 
     stream: Stream
     op: Operation
     launch: Launch
     bufs: tuple[Buf, ...]
+    values: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,13 +155,17 @@ def _buf(v: SSAValue, device: int) -> Buf:
 
 
 class _Lowering:
-    def __init__(self, plans: dict[int, FuncOp]):
+    def __init__(self, plans: dict[int, FuncOp], meshes: dict[str, Mesh]):
         self.out = Lowered()
+        self.meshes = meshes
         self.event_ids: dict[tuple[int, int], int] = {}
         self.queues: dict[Stream, deque[Operation]] = {}
         self.arg_index: dict[tuple[int, SSAValue], int] = {}
+        codes: dict[FuncOp, DeviceCode] = {}  # an SPMD plan's code serves every device of its class
         for d, func in plans.items():
-            self.out.codes[d] = device_code(func)
+            if func not in codes:
+                codes[func] = device_code(func)
+            self.out.codes[d] = codes[func]
             self.arg_index.update({(d, a): i for i, a in enumerate(func.body.block.args)})
             for op in instructions(func):
                 self.queues.setdefault((d, stream_of(op)), deque()).append(op)
@@ -167,7 +173,7 @@ class _Lowering:
             self.out.returned[d] = list(ret.operands) if ret is not None else []
         self.recorded: set[int] = set()
         self.sent: dict[tuple[int, int, int], tuple[SendOp, int]] = {}  # (id, from, to) -> (send, ready event)
-        self.blocked: set[Stream] = set()  # send streams waiting for their receive
+        self.blocked: dict[Stream, int] = {}  # send streams waiting for their receives: how many are left
 
     def event(self, device: int, plan_event: int) -> int:
         key = (device, plan_event)
@@ -208,23 +214,29 @@ class _Lowering:
             if e not in self.recorded:
                 return False
             self.emit(Wait(key, e))
-        elif isinstance(op, FlowOp):
+        elif is_launched(op):
             launch = self.out.codes[d].launches[op]
             if not launch.skip:
                 bufs = (_buf(op.results[0], d), *(_buf(v, d) for v in op.operands))
-                self.emit(LaunchOp(key, op, launch, bufs))
+                values = tuple(r.value(self.meshes, d) for r in launch.rank_args)
+                self.emit(LaunchOp(key, op, launch, bufs, values))
         elif isinstance(op, LoadOp):
             vals = op.attr_values()
             box = tuple(zip(vals["start"], vals["limit"])) if "start" in vals else None
+            if "mesh" in vals:  # an SPMD plan's load of the device's piece
+                box = tuple(zip(*load_box(op, self.meshes, d)))
             self.emit(HostToDevice(key, _buf(op.results[0], d), self.arg_index[(d, op.operands[0])], box))
         elif isinstance(op, StoreOp):
             self.emit(DeviceToHost(key, _buf(op.operands[0], d), op.results[0]))
         elif isinstance(op, SendOp):
             vals = op.attr_values()
+            peers = targets(*self.mesh_pair(op), d) if "to_mesh" in vals else [vals["to_device"]]
             ready = self.new_event()
             self.emit(Record(key, ready))
-            self.sent[(vals["id"], d, vals["to_device"])] = (op, ready)
-            self.blocked.add(key)
+            for peer in peers:
+                self.sent[(vals["id"], d, peer)] = (op, ready)
+            if peers:
+                self.blocked[key] = len(peers)
         elif isinstance(op, RecvOp):
             return self.receive(key, op)
         elif isinstance(op, CollectiveOp):
@@ -233,10 +245,16 @@ class _Lowering:
             raise FirError(f"'{op.name}' cannot run on the GPU backend", loc_of(op.location))
         return True
 
+    def mesh_pair(self, op: SendOp | RecvOp) -> tuple[Mesh, Mesh]:
+        """The meshes an SPMD plan's send or receive names (from, to)."""
+        vals = op.attr_values()
+        return self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
+
     def receive(self, key: Stream, op: RecvOp) -> bool:
         d = key[0]
         vals = op.attr_values()
-        sk = (vals["id"], vals["from_device"], d)
+        peer = source(*self.mesh_pair(op), d) if "to_mesh" in vals else vals["from_device"]
+        sk = (vals["id"], peer, d)
         if sk not in self.sent:
             return False
         send, ready = self.sent.pop(sk)
@@ -250,13 +268,15 @@ class _Lowering:
         self.emit(BoxCopy(key, src, zeros, dst, zeros, dst.shape))
         self.emit(Record(key, done))
         send_stream = (sk[1], "send")
-        self.emit(Wait(send_stream, done))  # the send completes with its receive
-        self.blocked.discard(send_stream)
+        self.emit(Wait(send_stream, done))  # the send completes with its receives
+        self.blocked[send_stream] -= 1
+        if not self.blocked[send_stream]:
+            del self.blocked[send_stream]
         return True
 
     def collective(self, key: Stream, op: CollectiveOp) -> bool:
         d = key[0]
-        group = op.group_for(d)
+        group = self.group(op, d)
         ident = op.attr_values()["id"]
         members: list[CollectiveOp] = []
         for m in group:
@@ -274,9 +294,9 @@ class _Lowering:
         outs = [_buf(o.results[0], m) for o, m in zip(members, group)]
         # Members of another group with this id, or mismatched pieces, would copy out of bounds on the GPU.
         for o, m in zip(members, group):
-            if o.group_for(m) != group:
+            if self.group(o, m) != group:
                 raise FirError(f"the members of collective id {ident} name different groups: device {d} "
-                               f"{list(group)}, device {m} {list(o.group_for(m))}", loc_of(o.location))
+                               f"{list(group)}, device {m} {list(self.group(o, m))}", loc_of(o.location))
         check_members(members, [(b.shape, dtypes.numpy_dtype(b.dtype)) for b in ins], group)
         self.transfer(leader, op, ins, outs)
         done = self.new_event()
@@ -287,6 +307,10 @@ class _Lowering:
             if m != d:  # the caller pops this member's own head
                 self.queues[(m, "comm")].popleft()
         return True
+
+    def group(self, op: CollectiveOp, device: int) -> tuple[int, ...]:
+        """The collective's group on a device: named in a per-device plan, from the mesh in an SPMD plan."""
+        return op.group_for(device) if "group" in op.properties else collective_group(op, self.meshes, device)
 
     def scratch(self, like: Buf) -> Buf:
         self.out.scratch.append(like.nbytes())
@@ -341,9 +365,10 @@ class _Lowering:
             raise FirError(f"the GPU backend has no lowering of '{op.name}'", loc_of(op.location))
 
 
-def lower(plans: dict[int, FuncOp]) -> Lowered:
-    """The actions of the plans of one program (device -> plan), in a host issue order."""
-    return _Lowering(plans).run()
+def lower(plans: dict[int, FuncOp], meshes: dict[str, Mesh] | None = None) -> Lowered:
+    """The actions of the plans of one program (device -> plan; an SPMD plan maps from each device of its class,
+    whose coordinates come from `meshes`), in a host issue order."""
+    return _Lowering(plans, meshes or {}).run()
 
 
 # ----------------------------------------------------------------------------------------------- numpy execution
@@ -377,7 +402,7 @@ def run_actions(lowered: Lowered, inputs: dict[int, list[np.ndarray]], order: st
     latest-issued one ("latest", which delays producers as long as the events allow: a missing event shows
     as poison or stale bytes). Returns each device's returned host values."""
     mem = _Memory(lowered)
-    host: dict[SSAValue, np.ndarray] = {}
+    host: dict[tuple[int, SSAValue], np.ndarray] = {}
     streams: dict[Stream, deque[tuple[int, Action]]] = {}
     for i, a in enumerate(lowered.actions):
         streams.setdefault(a.stream, deque()).append((i, a))
@@ -395,15 +420,14 @@ def run_actions(lowered: Lowered, inputs: dict[int, list[np.ndarray]], order: st
         if isinstance(a, Record):
             done_events.add(a.event)
         elif isinstance(a, LaunchOp):
-            out = evaluate_op(a.op, [np.array(mem.view(b)) for b in a.bufs[1:]])
-            np.copyto(mem.view(a.bufs[0]), out)
+            np.copyto(mem.view(a.bufs[0]), launched(a.op, [np.array(mem.view(b)) for b in a.bufs[1:]], a.values))
         elif isinstance(a, HostToDevice):
             x = inputs[a.stream[0]][a.arg]
             if a.box is not None:
                 x = x[tuple(slice(s, e) for s, e in a.box)]
             np.copyto(mem.view(a.dst), x)
         elif isinstance(a, DeviceToHost):
-            host[a.value] = np.array(mem.view(a.src))
+            host[(a.stream[0], a.value)] = np.array(mem.view(a.src))
         elif isinstance(a, BoxCopy):
             part = np.array(mem.view(a.src)[_box(a.src_start, a.box)])
             mem.view(a.dst)[_box(a.dst_start, a.box)] = part
@@ -413,9 +437,23 @@ def run_actions(lowered: Lowered, inputs: dict[int, list[np.ndarray]], order: st
     return returned_values(lowered, host, inputs)
 
 
-def returned_values(lowered: Lowered, host: dict[SSAValue, np.ndarray], inputs: dict[int, list[np.ndarray]]
-                    ) -> dict[int, list[np.ndarray]]:
-    """Each device's results: the host copies plan.store made, or an argument returned as it is."""
-    return {d: [np.array(inputs[d][v.index]) if isinstance(v, BlockArgument) else host[v] for v in vs]
+def launched(op: Operation, ins: list[np.ndarray], values: Sequence[int] = ()) -> np.ndarray:
+    """What a kernel launch computes from its operands and the device's scalar arguments, with numpy."""
+    shape, dt = to_tt(op.results[0].type)
+    if isinstance(op, PositionOp):
+        return np.array(values[0], dtype=dtypes.numpy_dtype(dt))
+    if is_local_slice(op):  # the device's piece, from its start along the split axis
+        axis = op.transition()[2].axis  # type: ignore[attr-defined]
+        index = [slice(None)] * ins[0].ndim
+        index[axis] = slice(values[0], values[0] + shape[axis])
+        return ins[0][tuple(index)]
+    return evaluate_op(op, ins)
+
+
+def returned_values(lowered: Lowered, host: dict[tuple[int, SSAValue], np.ndarray],
+                    inputs: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
+    """Each device's results: the host copies plan.store made (by device and value: devices of a class share an
+    SPMD plan's values), or an argument returned as it is."""
+    return {d: [np.array(inputs[d][v.index]) if isinstance(v, BlockArgument) else host[(d, v)] for v in vs]
             for d, vs in lowered.returned.items()}
 
