@@ -66,7 +66,7 @@ def size(module, name):
 module = timed("parse+verify", lambda: parse_source(text, "gpt.fir"))
 ctx = make_context()
 expander = None
-for p in plan_passes(micro, "1f1b"):
+for p in plan_passes(micro, "1f1b", expand=True):
     if p.name in SPMD_PIPELINE and not placed_functions(module)[1]:
         continue
     if p.name == "expand-devices":  # as compile_plan: the SPMD plans are verified, then expanded

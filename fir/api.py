@@ -114,12 +114,12 @@ class Program:
         return Program(module, self.filename, self.source)
 
     def compile(self, entry: str | None = None, microbatches: int | None = None,
-                schedule: str | None = None, verify_each: bool | None = None, expand: bool = True) -> Program:
+                schedule: str | None = None, verify_each: bool | None = None, expand: bool = False) -> Program:
         """The entry function compiled to execution plans, in a program of its own: micro-batching when asked,
         distribution when it is placed on a mesh, then fuse, schedule and plan-memory, verified at the end (after
         every pass with `verify_each`; default FIR_VERIFY_EACH). A plan is returned as it is: reading it verified
-        it, memory plan included. expand=False keeps one plan per class of devices (SPMD plans) rather than
-        writing every device's."""
+        it, memory plan included. One plan per class of devices (SPMD plans); expand=True writes every
+        device's."""
         from fir.compile import compile_plan
         from fir.dialects.sbp import MeshOp
         from fir.distribution.microbatching import microbatch_axes
@@ -192,7 +192,7 @@ class Program:
         try:
             args = self._bind(func, inputs, seed)
             # both executors run each class's SPMD plan on every device of the class
-            planned = self.compile(name, microbatches, schedule, verify_each, expand=False).module
+            planned = self.compile(name, microbatches, schedule, verify_each).module
             n = devices or devices_needed(planned)
             check_devices(planned, n)
             if backend == "cuda":
@@ -229,7 +229,7 @@ class Program:
         from fir.planning.simulator import simulate
 
         func = self.function(entry)
-        planned = self.compile(func.sym_name.data, microbatches, schedule, verify_each, expand=False).module
+        planned = self.compile(func.sym_name.data, microbatches, schedule, verify_each).module
         hw = load_hardware(hardware or DEFAULT_HARDWARE, device_count(planned))
         return simulate(planned, func.sym_name.data, hw)
 

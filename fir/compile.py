@@ -14,12 +14,13 @@ from fir.passes import DISTRIBUTION_PIPELINE, RUN_PIPELINE, SPMD_PIPELINE, avail
 from fir.distribution.placement import placed_functions
 
 
-def plan_passes(microbatches: int = 1, order: str = "1f1b") -> list[ModulePass]:
+def plan_passes(microbatches: int = 1, order: str = "1f1b", expand: bool = False) -> list[ModulePass]:
     """The passes from a logical module to plans: microbatch (when asked), sbp-infer, insert-boxing,
-    spmd-partition, fuse, schedule and plan-memory (one plan per class of devices), expand-devices."""
+    spmd-partition, fuse, schedule and plan-memory (one plan per class of devices), then with `expand`
+    expand-devices (every device's plan)."""
     passes = available_passes()
     options = {"microbatch": {"count": microbatches}, "schedule": {"order": order}}
-    names = (("microbatch",) if microbatches > 1 else ()) + RUN_PIPELINE
+    names = (("microbatch",) if microbatches > 1 else ()) + RUN_PIPELINE + (("expand-devices",) if expand else ())
     return [passes[name]()(**options.get(name, {})) for name in names]
 
 
@@ -40,17 +41,18 @@ def verify_each_default() -> bool:
 
 
 def compile_plan(module: ModuleOp, microbatches: int = 1, order: str = "1f1b",
-                 ctx: Context | None = None, verify_each: bool | None = None, expand: bool = True) -> ModuleOp:
+                 ctx: Context | None = None, verify_each: bool | None = None, expand: bool = False) -> ModuleOp:
     """A planned copy of a logical module (distribution passes only run when the module places something on a
-    mesh), verified once, or after every pass with `verify_each` (default: verify_each_default()): the verifier
-    costs about as much as the passes. Once means the SPMD plans, before expand-devices writes each device's
-    (what a device runs is its class's verified plan with its own constants), so the cost follows the model,
-    not the mesh. expand=False keeps the SPMD plans (what the simulator replays, once per class)."""
+    mesh): one SPMD plan per class of devices (what fir-run executes and simulates), verified once, or after
+    every pass with `verify_each` (default: verify_each_default()): the verifier costs about as much as the
+    passes. expand=True then writes every device's plan (expand-devices), after verifying the SPMD plans once (a
+    device's plan is its class's verified plan with its own constants), so the cost follows the model, not the
+    mesh."""
     ctx = ctx or make_context()
     out = module.clone()
     each = verify_each_default() if verify_each is None else verify_each
-    passes = [p for p in plan_passes(microbatches, order)
-              if (p.name not in SPMD_PIPELINE or placed_functions(out)[1]) and (expand or p.name != "expand-devices")]
+    passes = [p for p in plan_passes(microbatches, order, expand)
+              if p.name not in SPMD_PIPELINE or placed_functions(out)[1]]
     verified = False
     with progress.task("compile", total=len(passes)) as step:
         for p in passes:

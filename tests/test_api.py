@@ -109,7 +109,13 @@ def test_compile_verifies_once_unless_asked_for_each_pass(monkeypatch):
     assert len(calls) == 1
     calls.clear()
     prog.compile(verify_each=True)
-    assert len(calls) == 7  # sbp-infer, insert-boxing, spmd-partition, fuse, schedule, plan-memory, expand-devices
+    assert len(calls) == 6  # sbp-infer, insert-boxing, spmd-partition, fuse, schedule, plan-memory
+    calls.clear()
+    prog.compile(verify_each=False, expand=True)
+    assert len(calls) == 1  # the SPMD plans, once, before expand-devices writes every device's
+    calls.clear()
+    prog.compile(verify_each=True, expand=True)
+    assert len(calls) == 7
     calls.clear()
     monkeypatch.setenv("FIR_VERIFY_EACH", "0")
     prog.compile()

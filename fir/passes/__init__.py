@@ -96,8 +96,8 @@ DISTRIBUTION_PIPELINE = ("sbp-infer", "insert-boxing", "partition")
 SPMD_PIPELINE = ("sbp-infer", "insert-boxing", "spmd-partition")
 # The passes that turn device programs (per-device or SPMD) into execution plans, in order.
 PLAN_PIPELINE = ("fuse", "schedule", "plan-memory")
-# fir-run's pipeline: SPMD programs are planned once per class, then each device gets its plan.
-RUN_PIPELINE = SPMD_PIPELINE + PLAN_PIPELINE + ("expand-devices",)
+# fir-run's pipeline: SPMD programs planned once per class, which every device of the class runs.
+RUN_PIPELINE = SPMD_PIPELINE + PLAN_PIPELINE
 
 
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
