@@ -271,6 +271,15 @@ class _Engine:
         self.channels: dict[tuple[int, int], deque[int]] = defaultdict(deque)
         self.senders: dict[tuple, Operation] = {}
         self.remaining = sum(len(dev.instrs) for dev in devices.values())
+        # The runnable heads, kept up to date stream by stream (rescanning every stream for every instruction
+        # would make a run quadratic in the devices): a stream's head alone, or waiting in a collective.
+        self.streams_of: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for k in self.heads:
+            self.streams_of[k[0]].append(k)
+        self.single: dict[tuple[int, str], _Instr] = {}
+        self.meeting: dict[tuple, dict[tuple[int, str], _Instr]] = defaultdict(dict)
+        self.in_meeting: dict[tuple[int, str], tuple] = {}
+        self.dirty: set[tuple[int, str]] = set(self.heads)
 
     def head(self, k: tuple[int, str]) -> _Instr | None:
         """The next instruction of stream k, or None when it is done."""
@@ -295,30 +304,35 @@ class _Engine:
         queue = self.channels.get((src, dst))
         return bool(queue) and queue[0] == ident
 
+    def _refresh(self, k: tuple[int, str]) -> None:
+        """Re-read whether stream k's head can run (alone, or as a member of a collective)."""
+        self.single.pop(k, None)
+        key = self.in_meeting.pop(k, None)
+        if key is not None:
+            del self.meeting[key][k]
+            if not self.meeting[key]:
+                del self.meeting[key]
+        ins = self.head(k)
+        if ins is None:
+            return
+        op = ins.op
+        if isinstance(op, CollectiveOp) and ins.local is None:
+            self.meeting[ins.key][k] = ins  # type: ignore[index]
+            self.in_meeting[k] = ins.key  # type: ignore[assignment]
+        elif self.passable(ins):
+            self.single[k] = ins
+
     def candidates(self) -> list[tuple[_Instr, ...]]:
         """The runnable heads (a collective: all its members' heads together), sorted by device and position."""
-        out: list[tuple[_Instr, ...]] = []
-        meeting: dict[tuple, list[_Instr]] = {}
-        for k in self.heads:
-            ins = self.head(k)
-            if ins is None:
-                continue
-            op = ins.op
-            if isinstance(op, WaitOp):
-                if (ins.device, event_of(op)) in self.fired:
-                    out.append((ins,))
-            elif isinstance(op, RecvOp):
-                if self._deliverable(ins):
-                    out.append((ins,))
-            elif isinstance(op, CollectiveOp) and ins.local is None:
-                meeting.setdefault(ins.key, []).append(ins)  # type: ignore[arg-type]
-            else:
-                out.append((ins,))
-        for key, members in meeting.items():
+        for k in self.dirty:
+            self._refresh(k)
+        self.dirty.clear()
+        out: list[tuple[_Instr, ...]] = [(ins,) for ins in self.single.values()]
+        for key, members in self.meeting.items():
             group = key[2]
-            if sorted(m.device for m in members) == sorted(group):
-                out.append(tuple(sorted(members, key=lambda m: group.index(m.device))))
-        out.sort(key=lambda c: min((m.device, m.pos) for m in c))
+            if len(members) == len(group) and sorted(m.device for m in members.values()) == sorted(group):
+                out.append(tuple(sorted(members.values(), key=lambda m: group.index(m.device))))
+        out.sort(key=lambda c: min((m.device, m.pos) for m in c) if len(c) > 1 else (c[0].device, c[0].pos))
         return out
 
     def run(self, chosen: tuple[_Instr, ...]) -> None:
@@ -340,6 +354,11 @@ class _Engine:
             self._compute(chosen, received)
         for m, start in zip(chosen, starts):
             k = (m.device, m.stream)
+            # What can change: the heads of its device's streams (they advanced, or an event fired) and of the
+            # devices it sends to.
+            self.dirty.update(self.streams_of[m.device])
+            for key in m.sends:
+                self.dirty.update(self.streams_of[key[3]])
             self.heads[k] += 1
             m.start, m.index = tuple(start), self.heads[k]
             done = list(start)
