@@ -123,7 +123,7 @@ def test_bad_hardware_files_give_located_errors(case, tmp_path):
 def test_value_errors_point_at_the_value_in_an_inline_table():
     table = BASE[BASE.index("[device.vector_flops]"):BASE.index("[topology]")]
     text = BASE.replace(table, "").replace("launch_overhead = 3e-6", "launch_overhead = 3e-6\nvector_flops = "
-                                           "{ f32 = 1e12, f16 = 2e12, bf16 = -1, i32 = 1e12, i64 = 1e12 }", 1)
+                                           "{ f32 = 1e12, f16 = 2e12, bf16 = -1, f64 = 1e12, i32 = 1e12, i64 = 1e12 }", 1)
     with pytest.raises(FirError) as info:
         parse_hardware(text, "inline.toml")
     e = info.value
@@ -188,6 +188,7 @@ func.func @all(%x: tensor<4x8xf32>, %y: tensor<4x8xf32>, %v: tensor<8xf32>, %i: 
   %tanh = flow.tanh %x
   %relu = flow.relu %x
   %sigmoid = flow.sigmoid %x
+  %erf = flow.erf %x
   %gelu = flow.gelu %x
   %cast = flow.cast %x : tensor<4x8xbf16>
   %add = flow.add %x, %y
@@ -197,6 +198,8 @@ func.func @all(%x: tensor<4x8xf32>, %y: tensor<4x8xf32>, %v: tensor<8xf32>, %i: 
   %max = flow.max %x, %y
   %min = flow.min %x, %y
   %pow = flow.pow %x, %y
+  %greater = flow.greater %x, %y
+  %equal = flow.equal %x, %y
   %matmul = flow.matmul %x, %w
   %reduce_sum = flow.reduce_sum %x {axes = [1]}
   %reduce_mean = flow.reduce_mean %x {axes = [0]}
@@ -221,8 +224,9 @@ func.func @all(%x: tensor<4x8xf32>, %y: tensor<4x8xf32>, %v: tensor<8xf32>, %i: 
 def test_every_flow_op_has_a_cost():
     ops = ops_of(EVERY_OP)
     names = {op.name for op in FLOW_OPS}
-    assert len(names) == 33 and {op.name for op in ops.values()} == names
-    expected_flops = {"neg": 32, "exp": 128, "sigmoid": 320, "gelu": 256, "cast": 32, "div": 160, "pow": 288,
+    assert len(names) == 36 and {op.name for op in ops.values()} == names
+    expected_flops = {"neg": 32, "exp": 128, "sigmoid": 320, "erf": 128, "gelu": 256, "cast": 32, "div": 160,
+                      "pow": 288, "greater": 32, "equal": 32,
                       "matmul": 2 * 4 * 8 * 8, "reduce_sum": 32, "reduce_mean": 32 + 8, "reduce_max": 32,
                       "cross_entropy": 7 * 32 + 5 * 4 + 4, "transpose": 0, "iota": 0}
     for name, op in ops.items():

@@ -38,10 +38,12 @@ NP_DTYPE: dict[str, Any] = {
     "f32": np.dtype(np.float32),
     "f16": np.dtype(np.float16),
     "bf16": np.dtype(ml_dtypes.bfloat16),
+    "f64": np.dtype(np.float64),
     "i32": np.dtype(np.int32),
     "i64": np.dtype(np.int64),
+    "i1": np.dtype(np.bool_),
 }
-FLOATS = ("f32", "f16", "bf16")
+FLOATS = ("f32", "f16", "bf16", "f64")
 INTS = ("i32", "i64")
 MAX_RANK = 4
 # How a generated function is wrapped: bare, or in a module with or without a name.
@@ -128,8 +130,8 @@ def dummy(shape: tuple[int, ...]) -> np.ndarray:
 class _Gen:
     """Writes one function, op by op; every shape is worked out with numpy on dummy arrays."""
 
-    UNARY = ("neg", "exp", "log", "sqrt", "rsqrt", "tanh", "relu", "sigmoid", "gelu")
-    BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
+    UNARY = ("neg", "exp", "log", "sqrt", "rsqrt", "tanh", "relu", "sigmoid", "erf", "gelu")
+    BINARY = ("add", "sub", "mul", "div", "max", "min", "pow", "greater", "equal")
 
     def __init__(self, draw, n_args: int):
         self.draw = draw
@@ -276,7 +278,7 @@ class _Gen:
     def op_source(self) -> bool:
         kind = self.choice(["fill", "constant", "iota"])
         shape = self.rand_shape(min_rank=1 if kind == "iota" else 0)
-        dtype = self.choice(["f32", "f32", "i32", "f16", "bf16"] if kind != "iota" else ["i32", "f32", "i64"])
+        dtype = self.choice(["f32", "f32", "i32", "f16", "bf16", "f64"] if kind != "iota" else ["i32", "f32", "i64"])
         getattr(self, kind)(shape, dtype)
         return True
 
@@ -296,7 +298,7 @@ class _Gen:
         if op == "gelu":
             attrs, defaults = {"approximate": self.choice(["none", "tanh"])}, {"approximate": "none"}
         hi = v.hi if op == "relu" else None
-        pos = op in ("exp", "sigmoid") or (op in ("sqrt", "rsqrt") and v.pos) or (op == "relu" and v.pos)
+        pos = op in ("exp", "sigmoid") or (op == "erf" and v.pos) or (op in ("sqrt", "rsqrt") and v.pos) or (op == "relu" and v.pos)
         self.emit(op, [x], attrs, defaults, Val(v.shape, v.dtype, hi=hi, pos=pos))
         return True
 
@@ -342,7 +344,10 @@ class _Gen:
         hi = None
         if va.dtype in INTS and op in ("max", "min") and va.hi is not None and vb.hi is not None:
             hi = max(va.hi, vb.hi)
-        self.emit(op, [lhs, rhs], {}, {}, Val(shape, va.dtype, hi=hi))
+        if op in ("greater", "equal"):
+            self.emit(op, [lhs, rhs], {}, {}, Val(shape, "i1"))
+        else:
+            self.emit(op, [lhs, rhs], {}, {}, Val(shape, va.dtype, hi=hi))
         return True
 
     def op_matmul(self) -> bool:
@@ -558,7 +563,7 @@ class _Gen:
         if v.dtype in INTS:
             target = self.choice(["f32", v.dtype])
         elif v.dtype == "f32":
-            target = self.choice(["f16", "bf16", "bf16", "f16", "f32"])
+            target = self.choice(["f16", "bf16", "bf16", "f16", "f32", "f64"])
         else:
             target = self.choice(["f32", "f32", "f16", "bf16"])
         hi = v.hi if target == v.dtype else None

@@ -29,7 +29,8 @@ from fir.dialects.base import to_tt
 from fir.dialects.flow import BroadcastToOp, CastOp, FillOp, FusedOp
 
 _FLOAT_UNARY = {"flow.exp": "expf", "flow.log": "logf", "flow.sqrt": "sqrtf", "flow.tanh": "tanhf",
-                "flow.sigmoid": "fir_sigmoid"}
+                "flow.sigmoid": "fir_sigmoid", "flow.erf": "erff"}
+_COMPARE = {"flow.greater": ">", "flow.equal": "=="}
 
 
 def scalar(op: Operation, args: Sequence[Expr]) -> Expr:
@@ -54,6 +55,8 @@ def scalar(op: Operation, args: Sequence[Expr]) -> Expr:
         return BinOp("/", args[0], args[1])
     if name == "flow.pow":
         return call("powf", *args)
+    if name in _COMPARE:
+        return BinOp(_COMPARE[name], args[0], args[1])
     if isinstance(op, CastOp):
         src = to_tt(op.operands[0].type)[1]
         if dt == "i1":

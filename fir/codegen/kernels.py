@@ -11,6 +11,7 @@ from fir.codegen.elementwise import elementwise_kernel
 from fir.codegen.kernel_ir import Kernel
 from fir.codegen.matmul import matmul_kernel
 from fir.syntax.diagnostics import FirError, loc_of
+from fir.dialects.base import to_tt
 from fir.dialects.flow import FUSIBLE_OPS, FusedOp
 from fir.dialects.sbp import PositionOp
 from fir.distribution.expansion import is_local_slice
@@ -41,6 +42,10 @@ def kernel_for(name: str, op: Operation) -> Kernel:
     """The CUDA kernel computing one flow op (or flow.fused group) on its local shapes, named `name`; or one of
     an SPMD plan's ops whose value depends on the device (sbp.position, a local comm.slice), whose kernel takes
     that dependence as a scalar argument given at launch."""
+    if any(to_tt(v.type)[1] == "f64" for v in (*op.operands, *op.results)):
+        # The emitters compute floats in float (f16/bf16 widened to it); f64 would need double math throughout.
+        raise FirError(f"'{op.name}' on f64: the CUDA backend has no f64 kernels (f64 programs run on the numpy "
+                       "backend)", loc_of(op.location))
     if isinstance(op, (FusedOp, *FUSIBLE_OPS)):
         return elementwise_kernel(name, op)
     if isinstance(op, PositionOp):

@@ -10,18 +10,20 @@ from xdsl.dialects.builtin import (
     BFloat16Type,
     Float16Type,
     Float32Type,
+    Float64Type,
     IntegerType,
     TensorType,
     bf16,
     f16,
     f32,
+    f64,
     i1,
     i32,
     i64,
 )
 from xdsl.ir import Attribute
 
-DTYPE_NAMES = ("f32", "f16", "bf16", "i32", "i64", "i1")
+DTYPE_NAMES = ("f32", "f16", "bf16", "f64", "i32", "i64", "i1")
 
 # Largest tensor fir accepts (2^48 elements): far beyond any device, and safe from integer overflow anywhere.
 MAX_ELEMENTS = 2**48
@@ -31,21 +33,22 @@ MAX_RANK = 64
 if TYPE_CHECKING:
     import numpy as np
 
-_BY_NAME: dict[str, Attribute] = {"f32": f32, "f16": f16, "bf16": bf16, "i32": i32, "i64": i64, "i1": i1}
+_BY_NAME: dict[str, Attribute] = {"f32": f32, "f16": f16, "bf16": bf16, "f64": f64, "i32": i32, "i64": i64, "i1": i1}
 
 # numpy dtypes by name, filled on first use: numpy is not needed to read and print programs (the tools start
 # faster), and bf16's comes from ml_dtypes, which takes most of a second to import.
 _NUMPY: dict[str, np.dtype] = {}
-_NUMPY_NAMES = {"f32": "float32", "f16": "float16", "i32": "int32", "i64": "int64", "i1": "bool"}
+_NUMPY_NAMES = {"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32", "i64": "int64", "i1": "bool"}
 
 # Bytes per element (i1 takes one byte).
-ITEMSIZE: dict[str, int] = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "i1": 1}
+ITEMSIZE: dict[str, int] = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i32": 4, "i64": 8, "i1": 1}
 
 # Comparison tolerances (rtol, atol) used when a result is checked against the reference.
 TOLERANCE: dict[str, tuple[float, float]] = {
     "f32": (1e-4, 1e-5),
     "f16": (1e-2, 1e-3),
     "bf16": (5e-2, 1e-2),
+    "f64": (1e-9, 1e-11),
     "i32": (0.0, 0.0),
     "i64": (0.0, 0.0),
     "i1": (0.0, 0.0),
@@ -68,6 +71,8 @@ def dtype_name(t: Attribute) -> str:
         return "f16"
     if isinstance(t, BFloat16Type):
         return "bf16"
+    if isinstance(t, Float64Type):
+        return "f64"
     if isinstance(t, IntegerType) and t.width.data in (1, 32, 64):
         return {1: "i1", 32: "i32", 64: "i64"}[t.width.data]
     raise KeyError(str(t))
@@ -111,7 +116,7 @@ def is_low_precision(dt: np.dtype) -> bool:
 
 def is_float(name: str) -> bool:
     """True for floating-point dtypes."""
-    return name in ("f32", "f16", "bf16")
+    return name in ("f32", "f16", "bf16", "f64")
 
 
 def is_int(name: str) -> bool:

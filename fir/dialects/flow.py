@@ -47,8 +47,8 @@ from fir.dialects import sbp as sbp_dialect
 from fir.dialects.base import TT, FirOp, fmt_tt, to_tt
 from fir.distribution.sbp import Split
 
-FLOATS = ("f32", "f16", "bf16")
-NUMERIC = ("f32", "f16", "bf16", "i32", "i64")
+FLOATS = ("f32", "f16", "bf16", "f64")
+NUMERIC = ("f32", "f16", "bf16", "f64", "i32", "i64")
 INTS = ("i32", "i64")
 
 
@@ -168,6 +168,7 @@ RsqrtOp = _unary("rsqrt", "1 / sqrt(x)")
 TanhOp = _unary("tanh", "hyperbolic tangent")
 ReluOp = _unary("relu", "max(x, 0)", NUMERIC)
 SigmoidOp = _unary("sigmoid", "1 / (1 + e^-x)")
+ErfOp = _unary("erf", "the error function")
 GeluOp = _unary(
     "gelu",
     "x * Phi(x); approximate = \"tanh\" uses the tanh approximation",
@@ -229,6 +230,30 @@ DivOp = _binary("div", "a / b", FLOATS)
 MaxOp = _binary("max", "elementwise maximum")
 MinOp = _binary("min", "elementwise minimum")
 PowOp = _binary("pow", "a ** b", FLOATS)
+
+
+class CompareOp(BinaryOp):
+    """Elementwise comparison of two operands of one dtype with numpy broadcasting; the result is i1."""
+
+    ALLOWED: ClassVar[tuple[str, ...]] = (*NUMERIC, "i1")
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        shape, _ = super().infer(ins, attrs, declared)
+        return shape, "i1"
+
+
+def _compare(op_name: str, summary: str):
+    cls = type(
+        op_name.capitalize() + "Op",
+        (CompareOp,),
+        {"name": f"flow.{op_name}", "__doc__": summary, "__module__": __name__},
+    )
+    return irdl_op_definition(cls)
+
+
+GreaterOp = _compare("greater", "a > b (false where either is NaN)")
+EqualOp = _compare("equal", "a == b (false where either is NaN)")
 
 
 # ----------------------------------------------------------------------------------------------- matmul
@@ -704,8 +729,8 @@ class YieldOp(IRDLOperation):
 
 
 FLOW_OPS: list[type[FlowOp]] = [
-    NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, GeluOp, CastOp,
-    AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp,
+    NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, ErfOp, GeluOp, CastOp,
+    AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp, GreaterOp, EqualOp,
     MatmulOp,
     ReduceSumOp, ReduceMeanOp, ReduceMaxOp,
     SoftmaxOp, LayerNormOp,
@@ -720,8 +745,9 @@ Flow = Dialect("flow", [*FLOW_OPS, FusedOp, YieldOp], [])
 OPS_BY_NAME: dict[str, type[FlowOp]] = {op.name: op for op in FLOW_OPS}
 
 ELEMENTWISE_UNARY: tuple[type[FlowOp], ...] = (
-    NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, GeluOp, CastOp)  # fmt: skip
-ELEMENTWISE_BINARY: tuple[type[FlowOp], ...] = (AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp)
+    NegOp, ExpOp, LogOp, SqrtOp, RsqrtOp, TanhOp, ReluOp, SigmoidOp, ErfOp, GeluOp, CastOp)  # fmt: skip
+ELEMENTWISE_BINARY: tuple[type[FlowOp], ...] = (AddOp, SubOp, MulOp, DivOp, MaxOp, MinOp, PowOp, GreaterOp,
+                                                EqualOp)
 # What a flow.fused body may hold: ops whose output element i reads operand elements at i's broadcast position.
 FUSIBLE_OPS: tuple[type[FlowOp], ...] = (*ELEMENTWISE_UNARY, *ELEMENTWISE_BINARY, BroadcastToOp, FillOp)
 

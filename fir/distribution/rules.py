@@ -91,7 +91,7 @@ def _aligned(in_shape: Shape, out_shape: Shape, j: int) -> Sbp:
 # on every value, -inf included (log and sqrt are not: a partial maximum may be negative, and log(-1) is nan).
 _UNARY_PARTIALS: dict[str, tuple[Partial, ...]] = {
     "neg": (P,), "exp": (PMAX,), "log": (), "sqrt": (), "rsqrt": (), "tanh": (PMAX,), "relu": (PMAX,),
-    "sigmoid": (PMAX,), "gelu": (), "cast": (),
+    "sigmoid": (PMAX,), "erf": (PMAX,), "gelu": (), "cast": (),
 }  # fmt: skip
 
 
@@ -118,6 +118,8 @@ _BINARY_PARTIALS: dict[str, list[Signature]] = {
     "max": [Signature((PMAX, PMAX), PMAX)],
     "min": [],
     "pow": [],
+    "greater": [],
+    "equal": [],
 }
 
 

@@ -36,7 +36,8 @@ COLLECTIVE_KINDS: tuple[str, ...] = ("all_reduce", "reduce_scatter", "all_gather
 ELEMENTWISE_FLOPS: dict[str, int] = {
     "flow.neg": 1, "flow.relu": 1, "flow.cast": 1,
     "flow.add": 1, "flow.sub": 1, "flow.mul": 1, "flow.max": 1, "flow.min": 1,
-    "flow.exp": 4, "flow.log": 4, "flow.sqrt": 4, "flow.rsqrt": 4, "flow.tanh": 4,
+    "flow.exp": 4, "flow.log": 4, "flow.sqrt": 4, "flow.rsqrt": 4, "flow.tanh": 4, "flow.erf": 4,
+    "flow.greater": 1, "flow.equal": 1,
     "flow.div": 5,  # reciprocal + multiply
     "flow.pow": 9,  # exp(b * log(a))
     "flow.sigmoid": 10,  # 1 / (1 + exp(-x)): neg, exp, add, reciprocal

@@ -23,7 +23,7 @@ from fir.syntax.files import read_text
 DEFAULT_HARDWARE = "h100-nvlink"
 
 # The dtypes a rate table lists; i1 (booleans) runs at the i32 rate.
-RATE_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "i32", "i64")
+RATE_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "f64", "i32", "i64")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Rates:
     f32: float
     f16: float
     bf16: float
+    f64: float
     i32: float
     i64: float
 

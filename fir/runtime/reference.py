@@ -8,6 +8,7 @@ Backends are checked against `evaluate`. Precision rules, shared by all kernels:
   cross-entropy reductions) accumulate in float32 with numpy's pairwise summation: the reduced axes are
   moved last and made contiguous first, so pairwise summation applies whatever the axes. matmul uses the
   float32 BLAS (sgemm) accumulation. The erf in exact gelu is evaluated in float64 (see `erf`).
+* f64 computes in float64 (matmul: dgemm).
 * Integers compute in their own dtype and wrap on overflow like numpy.
 
 Only numpy (and ml_dtypes, for bf16 arrays) is used: fir must not need scipy at run time.
@@ -199,6 +200,21 @@ def _cast(ins, attrs, shape, dtype):
 
 
 # ----------------------------------------------------------------------------------------------- binary
+def _erf(ins, attrs, shape, dtype):
+    """The error function, evaluated in float64 and rounded once to the result dtype."""
+    (x,) = ins
+    return erf(x).astype(x.dtype)
+
+
+def _compare(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str) -> Kernel:
+    def kernel(ins, attrs, shape, dtype):
+        a, b = ins
+        return np.asarray(fn(_work(a), _work(b)), dtype=np.bool_)
+
+    kernel.__doc__ = doc
+    return kernel
+
+
 def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str) -> Kernel:
     def kernel(ins, attrs, shape, dtype):
         a, b = ins
@@ -369,6 +385,7 @@ KERNELS: dict[str, Kernel] = {
     "flow.tanh": _tanh,
     "flow.relu": _relu,
     "flow.sigmoid": _sigmoid,
+    "flow.erf": _erf,
     "flow.gelu": _gelu,
     "flow.cast": _cast,
     "flow.add": _binary(np.add, "a + b with broadcasting (integers wrap)."),
@@ -378,6 +395,8 @@ KERNELS: dict[str, Kernel] = {
     "flow.max": _binary(np.maximum, "np.maximum(a, b) with broadcasting (NaN propagates)."),
     "flow.min": _binary(np.minimum, "np.minimum(a, b) with broadcasting (NaN propagates)."),
     "flow.pow": _binary(np.power, "a ** b with broadcasting."),
+    "flow.greater": _compare(np.greater, "a > b with broadcasting (false with a NaN)."),
+    "flow.equal": _compare(np.equal, "a == b with broadcasting (false with a NaN)."),
     "flow.matmul": _matmul,
     "flow.reduce_sum": _reduce_sum,
     "flow.reduce_mean": _reduce_mean,

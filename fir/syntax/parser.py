@@ -174,9 +174,6 @@ class _Builder:
         dt, dims = parts[-1].strip(), parts[:-1]
         if dt not in dtypes.DTYPE_NAMES:
             col = len(text) - 1 - len(parts[-1])
-            if dt == "f64":
-                raise self.error(f"unknown element type 'f64': fir has {', '.join(dtypes.DTYPE_NAMES)} and computes in "
-                                 "at most 32 bits; write f32 (and convert f64 data with .astype(numpy.float32))", tok, col)
             raise self.error(f"unknown element type '{dt}' (fir has {', '.join(dtypes.DTYPE_NAMES)})", tok, col)
         if len(dims) > dtypes.MAX_RANK:
             raise self.error(f"tensor type of rank {len(dims)}: fir accepts ranks up to {dtypes.MAX_RANK}", tok)

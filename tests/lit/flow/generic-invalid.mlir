@@ -81,21 +81,21 @@
 // -----
 
 "builtin.module"() ({
-  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: function @f64: unsupported element type f64; fir has f32, f16, bf16, i32, i64, i1
-  "func.func"() <{sym_name = "f64", function_type = (tensor<4xf64>) -> tensor<4xf64>}> ({
-  ^bb0(%x: tensor<4xf64>):
-    %y = "flow.exp"(%x) : (tensor<4xf64>) -> tensor<4xf64>
-    "func.return"(%y) : (tensor<4xf64>) -> ()
+  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: function @i16: unsupported element type i16; fir has f32, f16, bf16, f64, i32, i64, i1
+  "func.func"() <{sym_name = "i16", function_type = (tensor<4xi16>) -> tensor<4xi16>}> ({
+  ^bb0(%x: tensor<4xi16>):
+    %y = "flow.neg"(%x) : (tensor<4xi16>) -> tensor<4xi16>
+    "func.return"(%y) : (tensor<4xi16>) -> ()
   }) : () -> ()
 }) : () -> ()
 
 // -----
 
 "builtin.module"() ({
-  "func.func"() <{sym_name = "f64_inside", function_type = (tensor<4xf32>) -> tensor<4xf32>}> ({
+  "func.func"() <{sym_name = "f16_inside", function_type = (tensor<4xf32>) -> tensor<4xf32>}> ({
   ^bb0(%x: tensor<4xf32>):
-    // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:5: error: 'flow.exp' op unsupported element type f64; fir has f32, f16, bf16, i32, i64, i1
-    %y = "flow.exp"(%x) : (tensor<4xf32>) -> tensor<4xf64>
+    // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:5: error: 'flow.exp' op unsupported element type i16; fir has f32, f16, bf16, f64, i32, i64, i1
+    %y = "flow.exp"(%x) : (tensor<4xf32>) -> tensor<4xi16>
     "func.return"(%x) : (tensor<4xf32>) -> ()
   }) : () -> ()
 }) : () -> ()
