@@ -837,8 +837,10 @@ def numpy_op(op: Op, ins: list[np.ndarray], out: Val) -> tuple[np.ndarray, np.nd
         else:
             r = {"neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
                  "rsqrt": lambda t: 1 / np.sqrt(t), "tanh": np.tanh, "relu": lambda t: np.maximum(t, 0),
-                 "sigmoid": lambda t: 1 / (1 + np.exp(-t))}[name](v)
+                 "sigmoid": lambda t: 1 / (1 + np.exp(-t)), "erf": _erf}[name](v)
         return r, None, isint
+    if name in ("greater", "equal"):  # exact: the operands' values compare the same in float64
+        return (np.greater if name == "greater" else np.equal)(x[0], x[1]), None, True
     if name in _Gen.BINARY:
         fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
               "min": np.minimum, "pow": np.power}[name]
