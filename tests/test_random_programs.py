@@ -228,7 +228,7 @@ class _Gen:
     # -- sources -----------------------------------------------------------------------------------------------
     def fill(self, shape: tuple[int, ...], dtype: str, value: float | None = None) -> int:
         if value is None:
-            value = self.rand_float() if dtype in FLOATS else self.int(0, 4)
+            value = self.rand_float() if dtype in FLOATS else self.int(0, 1 if dtype == "i1" else 4)
             if dtype in FLOATS and self.chance(3):
                 value = self.choice([math.inf, -math.inf, math.nan])
         if dtype in INTS and self.chance(50):
@@ -240,8 +240,8 @@ class _Gen:
     def constant(self, shape: tuple[int, ...], dtype: str, bound: int | None = None) -> int:
         """A constant; integers lie in [0, bound)."""
         n = numel(shape)
-        if dtype in INTS:
-            b = bound if bound is not None else 6
+        if dtype in INTS or dtype == "i1":
+            b = 2 if dtype == "i1" else bound if bound is not None else 6
             flat = [self.int(0, b - 1) for _ in range(n)]
         else:
             flat = [self.rand_float() if self.chance(80) else self.int(-3, 3) for _ in range(n)]

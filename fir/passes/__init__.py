@@ -60,6 +60,12 @@ def _expand_devices() -> type[ModulePass]:
     return ExpandDevicesPass
 
 
+def _autodiff() -> type[ModulePass]:
+    from fir.passes.autodiff import AutodiffPass
+
+    return AutodiffPass
+
+
 def _microbatch() -> type[ModulePass]:
     from fir.passes.microbatch import MicrobatchPass
 
@@ -104,7 +110,7 @@ def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     """Pass name -> factory of the pass class, as xDSLOptMain expects."""
     return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce, "sbp-infer": _sbp_infer,
             "insert-boxing": _insert_boxing, "partition": _partition, "spmd-partition": _spmd_partition,
-            "expand-devices": _expand_devices, "microbatch": _microbatch,
+            "expand-devices": _expand_devices, "microbatch": _microbatch, "autodiff": _autodiff,
             "fuse": _fuse, "schedule": _schedule, "plan-memory": _plan_memory, "cost-report": _cost_report}
 
 

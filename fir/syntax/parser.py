@@ -29,6 +29,7 @@ from fir.syntax.lexical import check_text
 from fir.dialects import comm as comm_dialect
 from fir.dialects import flow as flow_dialect
 from fir.dialects import plan as plan_dialect
+from fir.dialects import train as train_dialect
 from fir.dialects import sbp as sbp_dialect
 from fir.dialects.base import FirOp, fmt_tt, from_tt, to_tt
 from fir.dialects.flow import check_distribution_attrs
@@ -53,7 +54,7 @@ FUNC_ATTRS: dict[str, AttrSpec] = {
     **plan_dialect.FUNC_ATTRS,
 }
 # Discardable attributes of arguments (their layout, and the axis micro-batches cut them along) and results.
-ARG_ATTRS: dict[str, AttrSpec] = {**sbp_dialect.VALUE_ATTRS, **plan_dialect.ARG_ATTRS}
+ARG_ATTRS: dict[str, AttrSpec] = {**sbp_dialect.VALUE_ATTRS, **plan_dialect.ARG_ATTRS, **train_dialect.ARG_ATTRS}
 RESULT_ATTRS: dict[str, AttrSpec] = sbp_dialect.VALUE_ATTRS
 # Discardable attributes of ops: placement and SBP annotations, and a plan instruction's stream, micro-batch
 # and arena offset.

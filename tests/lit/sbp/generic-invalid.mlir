@@ -87,7 +87,7 @@
 // -----
 
 "builtin.module"() ({
-  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: function @f: unknown argument attribute 'sbp_in' (known: sbp, mesh, microbatch)
+  // CHECK: {{.*}}generic-invalid.mlir:[[# @LINE + 1]]:3: error: function @f: unknown argument attribute 'sbp_in' (known: sbp, mesh, microbatch, trainable)
   "func.func"() <{sym_name = "f", function_type = (tensor<4xf32>) -> (), arg_attrs = [{sbp_in = [[#sbp.B]]}]}> ({
   ^bb0(%x: tensor<4xf32>):
     "func.return"() : () -> ()

@@ -1,0 +1,1 @@
+"""Training: reverse-mode automatic differentiation of flow programs (and, later, optimizers)."""
