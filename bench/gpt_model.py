@@ -50,10 +50,11 @@ def _tt(dims: tuple[int, ...], dtype: str = "f32") -> str:
 
 def gpt_program(layers: int, hidden: int = 768, heads: int = 12, seq: int = 1024, batch: int = 8,
                 stages: int = 2, tp: int = 4, microbatch: bool = False, vocab: int = 50304, causal: bool = True,
-                loss: bool = True, dp: int = 1) -> str:
+                loss: bool = True, dp: int = 1, trainable: bool = False) -> str:
     """The .fir text of an N-layer GPT-2-style decoder on `stages` pipeline stages of `dp` x `tp` devices each
     (a 2-D mesh [dp, tp] when both exceed 1: the batch split over dp, Megatron over tp); `microbatch` marks the
-    tokens (and labels) `microbatch = 0` for the microbatch pass."""
+    tokens (and labels) `microbatch = 0` for the microbatch pass; `trainable` marks every weight `trainable = true`
+    (the autodiff pass then appends their gradients)."""
     if layers < stages or stages < 1 or tp < 1 or dp < 1:
         raise ValueError(f"need 1 <= stages <= layers and tp, dp >= 1, got layers={layers} stages={stages} "
                          f"tp={tp} dp={dp}")
@@ -87,12 +88,13 @@ def gpt_program(layers: int, hidden: int = 768, heads: int = 12, seq: int = 1024
     args = [arg("tokens", (batch, seq), 0, nd("S(0)", None), dtype="i32", extra=micro)]
     if loss:
         args.append(arg("labels", (batch, seq), last, nd("S(0)", None), dtype="i32", extra=micro))
-    args += [arg("wte", (vocab, d), 0), arg("wpe", (seq, d), 0)]
+    train = ("trainable = true",) if trainable else ()
+    args += [arg("wte", (vocab, d), 0, extra=train), arg("wpe", (seq, d), 0, extra=train)]
     for i, s in enumerate(stage_of):
         for name, shape, sbp in _BLOCK_PARAMS:
-            args.append(arg(f"l{i}.{name}", tuple(dims[x] for x in shape.split("x")), s, nd("B", sbp)))
-    args += [arg("lnf_g", (d,), last), arg("lnf_b", (d,), last),
-             arg("w_head", (d, vocab), last, nd("B", "S(1)"))]
+            args.append(arg(f"l{i}.{name}", tuple(dims[x] for x in shape.split("x")), s, nd("B", sbp), extra=train))
+    args += [arg("lnf_g", (d,), last, extra=train), arg("lnf_b", (d,), last, extra=train),
+             arg("w_head", (d, vocab), last, nd("B", "S(1)"), extra=train)]
 
     result = _tt(()) if loss else _tt((batch, seq, vocab))
     lines = [f"// GPT-2-style decoder: {layers} layers, hidden {d}, {heads} heads, seq {seq}, batch {batch}, "

@@ -58,6 +58,15 @@ PROGRAMS = {
   %r = flow.reshape %x : tensor<8x6x4xf16>
   func.return %s, %c, %g, %r
 }""",
+    "backward": """func.func @f(%u: tensor<9x7xf32>, %i: tensor<9xi32>, %v: tensor<2x3x4x5xbf16>, %j: tensor<3x4xi64>, %x: tensor<6x7xf32>) -> (tensor<5x7xf32>, tensor<2x6x5xbf16>, tensor<6x7xi1>, tensor<6x7xi1>, tensor<6x7xf32>) {
+  %s = flow.scatter_add %u, %i : tensor<5x7xf32>
+  %t = flow.scatter_add %v, %j {axis = 1} : tensor<2x6x5xbf16>
+  %z = flow.fill {value = 0.0} : tensor<f32>
+  %g = flow.greater %x, %z
+  %e = flow.equal %x, %x
+  %r = flow.erf %x
+  func.return %s, %t, %g, %e, %r
+}""",
     "sources": """func.func @f(%x: tensor<3x4xf32>) -> (tensor<3x4xf32>, tensor<3x4xi32>, tensor<2x2xi1>) {
   %c = flow.constant {value = [[1.0, -2.5, 3.0, 0.0], [1e30, -0.0, 7.0, 8.0], [3.5, -4.0, 5.0, 1.0]]} : tensor<3x4xf32>
   %s = flow.add %x, %c

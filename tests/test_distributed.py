@@ -53,6 +53,8 @@ CASES = [
     ("flow.slice", [((6, 8), F32)], {"start": [0, 1], "limit": [6, 7]}, None),
     ("flow.gather", [((7, 4), F32), ((5,), I32)], {}, None),
     ("flow.gather", [((4, 7), F32), ((3, 2), I32)], {"axis": 1}, None),
+    ("flow.scatter_add", [((6, 5), F32), ((6,), I32)], {}, ((4, 5), F32)),
+    ("flow.scatter_add", [((3, 4, 2, 5), F32), ((4, 2), I32)], {"axis": 1}, ((3, 6, 5), F32)),
     ("flow.constant", [], {"value": [[float(i * 6 + j) for j in range(6)] for i in range(5)]}, ((5, 6), F32)),
     ("flow.fill", [], {"value": 2.5}, ((5, 6), F32)),
     ("flow.iota", [], {"axis": 0}, ((5, 6), F32)),

@@ -557,6 +557,19 @@ class _Gen:
         self.emit("gather", [t, idx], {"axis": written}, {"axis": 0}, Val(shape, v.dtype, hi=v.hi, pos=v.pos))
         return True
 
+    def op_scatter_add(self) -> bool:
+        u = self.pick(lambda v: len(v.shape) >= 1 and v.dtype in FLOATS + INTS)
+        if u is None:
+            return False
+        v = self.values[u]
+        axis = self.int(0, len(v.shape) - 1)
+        size = self.int(1, 6)
+        idx = self.indices(size, (v.shape[axis],))
+        shape = v.shape[:axis] + (size,) + v.shape[axis + 1:]
+        written = axis - len(v.shape) if self.chance(25) else axis
+        self.emit("scatter_add", [u, idx], {"axis": written}, {"axis": 0}, Val(shape, v.dtype), write_type=True)
+        return True
+
     def op_cast(self) -> bool:
         x = self.pick(lambda v: v.dtype in FLOATS + INTS)
         v = self.values[x]
@@ -631,7 +644,7 @@ class _Gen:
         return True
 
     OP_KINDS = ("unary", "unary", "binary", "binary", "binary", "matmul", "reduce", "softmax", "layernorm",
-                "transpose", "reshape", "broadcast_to", "concat", "slice", "gather", "source", "cast",
+                "transpose", "reshape", "broadcast_to", "concat", "slice", "gather", "scatter_add", "source", "cast",
                 "cast", "cross_entropy", "repeat", "canon_bait")
 
     def random_op(self, kinds: tuple[str, ...] | None = None) -> None:
@@ -821,6 +834,12 @@ def numpy_op(op: Op, ins: list[np.ndarray], out: Val) -> tuple[np.ndarray, np.nd
             "iota": lambda: np.indices(out.shape)[a["axis"]],
         }[name]()
         return v, None, True
+    if name == "scatter_add":
+        ax = a["axis"] % len(out.shape)
+        total, mag = np.zeros(out.shape), np.zeros(out.shape)
+        np.add.at(np.moveaxis(total, ax, 0), x[1], np.moveaxis(x[0], ax, 0))
+        np.add.at(np.moveaxis(mag, ax, 0), x[1], np.moveaxis(np.abs(x[0]), ax, 0))
+        return total, mag, isint
     if name == "constant":
         return np.broadcast_to(np.array(a["value"], dtype=np.float64), out.shape), None, True
     if name == "fill":

@@ -97,6 +97,8 @@ CASES = UNARY + [
     case(flow.SliceOp, ((5, 6, 7), F), start=[0, 0, 1], limit=[5, 6, 6]),
     case(flow.GatherOp, ((7, 6), F), ((5,), "i32"), axis=0),
     case(flow.GatherOp, ((5, 7, 6), F), ((2, 3), "i64"), axis=1),
+    case(flow.ScatterAddOp, ((6, 5), F), ((6,), "i32"), declared=((4, 5), F)),
+    case(flow.ScatterAddOp, ((3, 2, 4, 5), F), ((2, 4), "i64"), declared=((3, 6, 5), F), axis=1),
     case(flow.ConstantOp, declared=((5, 6), F), value=np.arange(30, dtype=np.float64).reshape(5, 6)),
     case(flow.FillOp, declared=((5, 6), F), value=2.5),
     case(flow.IotaOp, declared=((5, 6), "i32"), axis=1),
@@ -111,7 +113,12 @@ def inputs_for(c: Case, rng: np.random.Generator) -> list[np.ndarray]:
     out = []
     for k, (shape, dt) in enumerate(c.ins):
         if dtypes.is_int(dt):
-            bound = c.ins[0][0][c.attrs.get("axis", 0) % len(c.ins[0][0])] if c.op == "flow.gather" else c.ins[0][0][-1]
+            if c.op == "flow.gather":
+                bound = c.ins[0][0][c.attrs.get("axis", 0) % len(c.ins[0][0])]
+            elif c.op == "flow.scatter_add":
+                bound = c.out[0][c.attrs.get("axis", 0) % len(c.out[0])]
+            else:
+                bound = c.ins[0][0][-1]
             out.append(rng.integers(0, bound, size=shape).astype(dtypes.numpy_dtype(dt)))
             continue
         x = rng.standard_normal(shape)

@@ -33,6 +33,7 @@ EMITTERS: dict[str, Emitter] = {
     "flow.concat": layout.concat_kernel,
     "flow.slice": layout.slice_kernel,
     "flow.gather": layout.gather_kernel,
+    "flow.scatter_add": layout.scatter_add_kernel,
     "flow.constant": layout.constant_kernel,
     "flow.iota": layout.iota_kernel,
 }

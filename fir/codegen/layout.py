@@ -12,6 +12,7 @@ from xdsl.ir import Operation
 
 from fir.codegen.common import (
     BID,
+    compute_type,
     THREADS,
     TID,
     blocks_for,
@@ -233,6 +234,35 @@ def gather_kernel(name: str, op: Operation) -> Kernel:
     return _copy_kernel(name, op, f"gather along axis {axis}", source)
 
 
+def scatter_add_kernel(name: str, op: Operation) -> Kernel:
+    """flow.scatter_add: each output element sums, in index order, the updates whose index selects it (no atomics:
+    the same bits on every run, as the reference's np.add.at). Every thread scans all the indices, so the work is
+    output elements x indices: right for embedding gradients of modest vocabularies; an index out of range sets
+    fir_status."""
+    upd_shape, dt = _shape(op.operands[0])
+    idx_shape = _shape(op.operands[1])[0]
+    out_shape = _shape(op.results[0])[0]
+    axis = op.attr_values()["axis"] % len(out_shape)
+    size, k, count = out_shape[axis], len(idx_shape), math.prod(idx_shape)
+
+    def source(i, params):
+        coords = unravel(i, out_shape)
+        pre, v, post = coords[:axis], coords[axis], coords[axis + 1:]
+        n, j, acc = Var("n"), Var("j"), Var("acc")
+        ctype = compute_type(dt)
+        upd_index = offset([*pre, *unravel(n, idx_shape), *post], upd_shape) if k else offset([*pre, *post], upd_shape)
+        body: list[Stmt] = [
+            Decl("long long", j, Cast("long long", params[2].var()[n if k else lit(0)]), const=True),
+            If(BinOp("||", BinOp("<", j, lit(0)), BinOp(">=", j, lit(size))),
+               [Raw(f"fir_fail({STATUS_INDEX_OUT_OF_RANGE});")]),
+            If(BinOp("==", j, v), [Assign(acc, call("fir_ld", params[1].var()[upd_index]), "+=")]),
+        ]
+        zero: Expr = float_lit(0.0) if dt in ("f32", "f16", "bf16") else Cast(ctype, lit(0))
+        return [Decl(ctype, acc, zero), For(n, lit(0), lit(max(count, 1)), lit(1), body),
+                store(params[0], dt, i, acc)]
+    return _copy_kernel(name, op, f"scatter_add along axis {axis} ({count} indices)", source)
+
+
 def iota_kernel(name: str, op: Operation) -> Kernel:
     """flow.iota: element (i0, i1, ...) is i_axis."""
     shape, dt = _shape(op.results[0])
@@ -276,4 +306,4 @@ def constant_kernel(name: str, op: Operation) -> Kernel:
 
 
 __all__ = ["concat_kernel", "constant_kernel", "gather_kernel", "iota_kernel", "piece_kernel", "position_kernel",
-           "reshape_kernel", "slice_kernel", "transpose_kernel"]
+           "reshape_kernel", "scatter_add_kernel", "slice_kernel", "transpose_kernel"]

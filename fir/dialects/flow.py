@@ -484,6 +484,36 @@ class GatherOp(FlowOp):
         return si.gather_shape(ins[0][0], ins[1][0], attrs["axis"]), ins[0][1]
 
 
+@irdl_op_definition
+class ScatterAddOp(FlowOp):
+    """The transpose of gather: a zero tensor of the result type with each update added at its index along
+    `axis` (numpy.add.at; repeated indices accumulate). The gradient of an embedding lookup."""
+
+    name = "flow.scatter_add"
+    updates = operand_def(TensorType)
+    indices = operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = prop_def(INT_PROP)
+    traits = _TRAITS
+    NEEDS_RESULT_TYPE: ClassVar[bool] = True
+    FIR_ATTRS: ClassVar[dict[str, AttrSpec]] = {"axis": IntSpec(default=0, doc="the result axis the indices select along")}
+
+    @classmethod
+    def infer(cls, ins: list[TT], attrs: dict[str, Any], declared: TT | None) -> TT:
+        if declared is None:
+            raise ShapeError("flow.scatter_add needs a result type (the shape of the table), e.g. `: tensor<100x8xf32>`")
+        _check_dtype(cls.name, "indices", ins[1][1], INTS)
+        _check_dtype(cls.name, "updates", ins[0][1], NUMERIC)
+        if declared[1] != ins[0][1]:
+            raise ShapeError(f"the result dtype {declared[1]} differs from the updates' {ins[0][1]}")
+        want = si.gather_shape(declared[0], ins[1][0], attrs["axis"])
+        if tuple(ins[0][0]) != want:
+            raise ShapeError(f"updates of shape {si.fmt_shape(ins[0][0])} do not fit: gathering the result "
+                             f"{si.fmt_shape(declared[0])} along axis {attrs['axis']} with indices "
+                             f"{si.fmt_shape(ins[1][0])} gives {si.fmt_shape(want)}")
+        return declared
+
+
 # ----------------------------------------------------------------------------------------------- sources
 class _DenseSpec(AttrSpec):
     """A constant's value: a scalar (splat) or nested lists matching the result shape."""
@@ -734,7 +764,7 @@ FLOW_OPS: list[type[FlowOp]] = [
     MatmulOp,
     ReduceSumOp, ReduceMeanOp, ReduceMaxOp,
     SoftmaxOp, LayerNormOp,
-    TransposeOp, ReshapeOp, BroadcastToOp, ConcatOp, SliceOp, GatherOp,
+    TransposeOp, ReshapeOp, BroadcastToOp, ConcatOp, SliceOp, GatherOp, ScatterAddOp,
     ConstantOp, FillOp, IotaOp,
     CrossEntropyOp,
 ]  # fmt: skip

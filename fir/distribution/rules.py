@@ -316,6 +316,23 @@ _register("gather", _gather,
                                   "with B indices")
 
 
+def _scatter_add(ins: list[Shape], out: Shape, attrs: dict[str, Any]) -> list[Signature]:
+    """gather's transpose: updates and indices split alike along an index axis -> P (each device adds its
+    rows); updates S off the index axes -> the matching result axis; partial updates -> P."""
+    updates, indices = ins
+    ax = _axis(attrs.get("axis", 0), len(out))
+    k = len(indices)
+    sigs = [_all_b(2), *(Signature((S(ax + i), S(i)), P) for i in range(k))]
+    sigs += [Signature((S(j if j < ax else j + k - 1), B), S(j)) for j in range(len(out)) if j != ax]
+    return sigs + [Signature((P, B), P)]
+
+
+_register("scatter_add", _scatter_add,
+          lambda ins, out, attrs: "scatter_add splits updates with their indices (a partial result), or the "
+                                  f"result on any axis but {_axis(attrs.get('axis', 0), len(out))}, and takes "
+                                  "partial updates with B indices")
+
+
 # ----------------------------------------------------------------------------------------------- sources
 def _source(ins: list[Shape], out: Shape, attrs: dict[str, Any]) -> list[Signature]:
     """No operands: the result B, or split on any axis."""

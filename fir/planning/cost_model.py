@@ -49,6 +49,7 @@ CROSS_ENTROPY_FLOPS = (7, 5)  # per logit (max, sub, exp, sum) and per row (log,
 
 # Ops that move data only (0 FLOPs); reshape is a view of the same bytes and costs nothing at all.
 DATA_MOVEMENT = ("flow.transpose", "flow.broadcast_to", "flow.concat", "flow.slice", "flow.gather")
+# scatter_add counts one add per update (above) and the default bytes: its operands read, its result written.
 SOURCES = ("flow.constant", "flow.fill", "flow.iota")
 FREE = ("flow.reshape",)
 
@@ -100,8 +101,8 @@ def _flops(op: FlowOp) -> int:
         lhs, _ = to_tt(op.operands[0].type)
         k = lhs[-2] if attrs["transpose_a"] else lhs[-1]
         return 2 * n * k  # one multiply-add per output element and contracted index
-    if name in ("flow.reduce_sum", "flow.reduce_max"):
-        return _numel(op.operands[0].type)
+    if name in ("flow.reduce_sum", "flow.reduce_max", "flow.scatter_add"):
+        return _numel(op.operands[0].type)  # one add (or max) per input element
     if name == "flow.reduce_mean":
         return _numel(op.operands[0].type) + n  # the sums, then one scale per result
     if name == "flow.softmax":

@@ -158,6 +158,9 @@ def _int_bound(v: SSAValue) -> int | None:
         b = None
         if isinstance(op, flow.GatherOp) and use.index == 1:
             b = to_tt(op.table.type)[0][op.attr_values()["axis"] % len(to_tt(op.table.type)[0])]
+        elif isinstance(op, flow.ScatterAddOp) and use.index == 1:
+            out = to_tt(op.results[0].type)[0]
+            b = out[op.attr_values()["axis"] % len(out)]
         elif isinstance(op, flow.CrossEntropyOp) and use.index == 1:
             b = to_tt(op.logits.type)[0][-1]
         if b is not None:
@@ -178,7 +181,7 @@ def _float_scale(v: SSAValue) -> float:
 
 def random_inputs(func: FuncOp, seed: int) -> list[np.ndarray]:
     """Random inputs: floats ~ N(0, 1) (matmul weights scaled by 1/sqrt(K)); integers in the range their uses
-    allow (gather indices below the table size, labels below the class count, else [0, 16)); i1 fair coins."""
+    allow (gather and scatter_add indices below the table size, labels below the class count, else [0, 16)); i1 fair coins."""
     rng = np.random.default_rng(seed)
     block = func.body.blocks.first
     assert block is not None

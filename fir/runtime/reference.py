@@ -330,6 +330,27 @@ def _gather(ins, attrs, shape, dtype):
     return np.take(table, indices, axis=ax)
 
 
+def _scatter_add(ins, attrs, shape, dtype):
+    """Zeros of the result shape with every update added at its index along axis (np.add.at: repeated indices
+    accumulate, in index order); an index outside [0, size) raises KernelError."""
+    updates, indices = ins
+    ax = attrs["axis"] % len(shape)
+    size = shape[ax]
+    bad = (indices < 0) | (indices >= size)
+    if np.any(bad):
+        first = int(indices[bad].flat[0])
+        raise KernelError(f"flow.scatter_add: index {first} is out of range for axis {ax} of size {size}")
+    w = _work(updates)
+    out = np.zeros(shape, dtype=w.dtype)
+    # Move the scattered axes to the front so that np.add.at sees one index array on axis 0.
+    k = indices.ndim
+    moved = np.moveaxis(w, list(range(ax, ax + k)), list(range(k))) if k else w[None]
+    flat_idx = indices.reshape(-1).astype(np.intp)
+    target = np.moveaxis(out, ax, 0)  # a view
+    np.add.at(target, flat_idx, moved.reshape((flat_idx.size,) + target.shape[1:]))
+    return _round(out, updates.dtype)
+
+
 # ----------------------------------------------------------------------------------------------- sources
 def _constant(ins, attrs, shape, dtype):
     """The literal value, cast to the result dtype."""
@@ -409,6 +430,7 @@ KERNELS: dict[str, Kernel] = {
     "flow.concat": _concat,
     "flow.slice": _slice,
     "flow.gather": _gather,
+    "flow.scatter_add": _scatter_add,
     "flow.constant": _constant,
     "flow.fill": _fill,
     "flow.iota": _iota,

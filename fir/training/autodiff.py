@@ -425,6 +425,18 @@ def _slice(b, op, g, want):
     return [d]
 
 
+@vjp("gather")
+def _gather(b, op, g, want):
+    table, indices = op.operands  # each selected row's cotangent added back at its index (repeats accumulate)
+    return [b.op("flow.scatter_add", [g, indices], table.type, axis=op.attr_values()["axis"]), None]
+
+
+@vjp("scatter_add")
+def _scatter_add(b, op, g, want):
+    updates, indices = op.operands  # the transpose of gather, and gather of scatter_add
+    return [b.op("flow.gather", [g, indices], axis=op.attr_values()["axis"]), None]
+
+
 @vjp("cross_entropy")
 def _cross_entropy(b, op, g, want):
     logits, labels = op.operands
