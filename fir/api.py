@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # numpy and the rest load when a program runs: reading and pr
     import numpy as np
 
     from fir.planning.simulator import SimResult
+    from fir.runtime.training import TrainRun
     from fir.planning.trace import TraceEvent
     from fir.runtime.compare import Comparison
 
@@ -219,6 +220,62 @@ class Program:
             want = run_function(self.module, func, args)
             result.checks = dict(zip(names, compare_all(run.outputs, want, types)))
         return result
+
+    def train(self, steps: int, inputs: Mapping[str, np.ndarray] | str | None = None, *, seed: int | None = None,
+              state: Mapping[str, np.ndarray] | str | None = None, batches: Mapping[str, np.ndarray] | str | None = None,
+              entry: str | None = None, devices: int | None = None, microbatches: int | None = None,
+              schedule: str | None = None, backend: str = "numpy", interleave: str = "in-order",
+              interleave_seed: int = 0, check: bool = False, verify_each: bool | None = None,
+              on_step=None) -> TrainRun:
+        """Compile a training step (the train-step pass's output) once and run it `steps` times, each result
+        `X.next` fed back as argument X (fir.runtime.training): `state` a dict or safetensors path of training
+        state, `batches` stacked batches (a dict or .npz path of [K, ...] arrays); `check` compares every step
+        with the single-device reference."""
+        import numpy as np
+
+        from fir.dialects import dtypes
+        from fir.runtime import training
+        from fir.runtime.compare import compare_all
+        from fir.runtime.inputs import arg_names, result_names
+        from fir.runtime.interpreter import run_function
+        from fir.runtime.virtual_devices import check_devices, devices_needed
+
+        if backend not in BACKENDS:
+            raise FirError(f"unknown backend '{backend}' (choose {', '.join(BACKENDS)})")
+        func = self.function(entry)
+        name = func.sym_name.data
+        training.state_names(func)  # a training step, or an error before compiling
+        first = dict(zip(arg_names(func), self._bind(func, inputs, seed)))
+        if isinstance(state, str):
+            state = training.load_state(state, func)
+        current = training.initial_inputs(func, first, dict(state) if state is not None else None)
+        stacked = None
+        if batches is not None:
+            data = dict(np.load(batches)) if isinstance(batches, str) else dict(batches)
+            stacked = training.stacked_batches(data, func, f"batches '{batches}'" if isinstance(batches, str)
+                                               else "the batches")
+        planned = self.compile(name, microbatches, schedule, verify_each).module
+        n = devices or devices_needed(planned)
+        check_devices(planned, n)
+        names = result_names(func)
+        types = [dtypes.dtype_name(t.element_type) for t in func.function_type.outputs.data]
+
+        def step(args: dict[str, np.ndarray]):
+            ordered = [args[a] for a in arg_names(func)]
+            if backend == "cuda":
+                from fir.runtime.cuda_backend import execute_plan_cuda
+
+                outs = execute_plan_cuda(planned, name, ordered, n).outputs
+            else:
+                from fir.runtime.plan_executor import execute_plan
+
+                outs = execute_plan(planned, name, ordered, n, interleaving=interleave, seed=interleave_seed).outputs
+            checks = None
+            if check:
+                checks = dict(zip(names, compare_all(outs, run_function(self.module, func, ordered), types)))
+            return dict(zip(names, outs)), checks
+
+        return training.train(step, func, current, steps, stacked, on_step)
 
     def simulate(self, *, entry: str | None = None, hardware: str | None = None, microbatches: int | None = None,
                  schedule: str | None = None, verify_each: bool | None = None) -> SimResult:

@@ -112,3 +112,13 @@ def test_stages_depend_forwards():
             if dparts[0] == "fir_tools" or (len(dparts) > 1 and dparts[1] in _MAY_NOT_USE[parts[1]]):
                 bad.append(f"{name} -> {dep}")
     assert bad == []
+
+
+def test_every_package_is_installed():
+    # pyproject.toml lists the packages: one left out imports in the source tree but not from a wheel
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {"fir." + d.name for d in (ROOT / "fir").iterdir() if (d / "__init__.py").is_file()}
+    assert found | {"fir", "fir_tools"} == listed

@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"hardware model for --simulate: a preset ({', '.join(preset_names())}; default "
                         f"{DEFAULT_HARDWARE}) or a .toml file, sized NAME:nodes=N (default: grown by whole nodes "
                         "to the program's devices)")
+    train = p.add_argument_group("training (a step made by the train-step pass)")
+    train.add_argument("--steps", type=_count("steps"), metavar="N",
+                       help="run N training steps, each result X.next fed back as argument X; prints the loss "
+                            "of every step")
+    train.add_argument("--state", metavar="FILE.safetensors",
+                       help="the initial training state (parameters, optimizer state) by argument name")
+    train.add_argument("--save-state", metavar="FILE.safetensors", help="write the final training state")
+    train.add_argument("--batches", metavar="FILE.npz",
+                       help="stacked batches: per batch argument an array [K, ...]; step k takes batch k mod K")
     p.add_argument("-f", "--frontend", choices=["fir", "mlir"], help="input syntax (default: by extension or content)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success (and no progress bar)")
     p.add_argument("--verify-each", action="store_true",
@@ -82,6 +91,12 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         for flag, on in (("--interleave", args.interleave), ("--trace", args.trace), ("--simulate", args.simulate)):
             if on:
                 parser.error(f"{flag} is not available with --backend cuda (the GPU runs the streams itself)")
+    if args.steps is None:
+        for flag, on in (("--state", args.state), ("--save-state", args.save_state), ("--batches", args.batches)):
+            if on:
+                parser.error(f"{flag} needs --steps (it is about a training loop)")
+    elif args.simulate or args.output or args.trace:
+        parser.error("--steps runs a training loop: --simulate, --output and --trace do not apply to it")
     if args.interleave_seed is not None and args.interleave not in ("random", "adversarial"):
         parser.error("--interleave-seed needs --interleave random or adversarial")
 
@@ -143,6 +158,46 @@ def _simulate(prog, args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(prog, args: argparse.Namespace, name: str, text: str) -> int:
+    """The training loop: run the step args.steps times, print each step's loss (and checks), save the state."""
+    from fir import progress
+    from fir.runtime.training import state_writer
+    from fir.syntax.diagnostics import FirError
+    from fir.syntax.files import PendingFiles
+
+    lines: list[str] = []
+    with progress.task("train", total=args.steps) as bar:
+        def on_step(k: int, loss: float) -> None:
+            lines.append(f"step {k + 1}: loss {loss:.6g}")
+            bar()
+
+        result = prog.train(args.steps, args.inputs, seed=args.seed, state=args.state, batches=args.batches,
+                            entry=args.entry, devices=args.devices, microbatches=args.microbatches,
+                            schedule=args.schedule, backend=args.backend, interleave=args.interleave or "in-order",
+                            interleave_seed=args.interleave_seed or 0, check=args.check,
+                            verify_each=args.verify_each or None, on_step=on_step)
+    files = PendingFiles()
+    if args.save_state:
+        files.add(args.save_state, "the training state", state_writer(result.state))
+    files.commit()
+    if not args.quiet:
+        for k, line in enumerate(lines):
+            if result.checks:
+                worst = max(c.max_abs_error for c in result.checks[k].values())
+                ok = all(c.ok for c in result.checks[k].values())
+                line += f"  check: {'ok' if ok else 'MISMATCH'} (max abs error {worst:.3g})"
+            print(line)
+        if args.save_state:
+            print(f"wrote {args.save_state}")
+    bad = result.mismatches()
+    if bad:
+        k, r = bad[0]
+        report("fir-run", FirError(f"step {k + 1}: result {r} differs from the single-device reference "
+                                   f"(max abs error {result.checks[k][r].max_abs_error:.3g})"), {name: text})
+        return 1
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse arguments, run the program, print and save its outputs; return the exit status."""
     parser = _parser()
@@ -162,6 +217,8 @@ def run(argv: list[str] | None = None) -> int:
             prog = api.parse(text, name, syntax)
             if args.simulate:
                 return _simulate(prog, args)
+            if args.steps is not None:
+                return _train(prog, args, name, text)
             result = prog.run(args.inputs, seed=args.seed, entry=args.entry, devices=args.devices,
                               microbatches=args.microbatches, schedule=args.schedule, backend=args.backend,
                               interleave=args.interleave or "in-order",

@@ -66,6 +66,12 @@ def _autodiff() -> type[ModulePass]:
     return AutodiffPass
 
 
+def _train_step() -> type[ModulePass]:
+    from fir.passes.train_step import TrainStepPass
+
+    return TrainStepPass
+
+
 def _microbatch() -> type[ModulePass]:
     from fir.passes.microbatch import MicrobatchPass
 
@@ -111,6 +117,7 @@ def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     return {"canonicalize": _canonicalize, "cse": _cse, "dce": _dce, "sbp-infer": _sbp_infer,
             "insert-boxing": _insert_boxing, "partition": _partition, "spmd-partition": _spmd_partition,
             "expand-devices": _expand_devices, "microbatch": _microbatch, "autodiff": _autodiff,
+            "train-step": _train_step,
             "fuse": _fuse, "schedule": _schedule, "plan-memory": _plan_memory, "cost-report": _cost_report}
 
 
