@@ -1,6 +1,8 @@
 """Execute execution plans (`schedule` + `plan-memory` output) on the numpy backend, with real arenas.
 
-Each device has one arena: a byte buffer of the plan's `arena_size`, filled with a poison pattern (0xFF bytes:
+A device runs its own plan, or the SPMD plan of its class with its own coordinates (its `sbp.position`, the box
+of its piece in a local comm.slice or a piece load, its group in a collective, its peers in a send or receive,
+from the meshes). Each device has one arena: a byte buffer of the plan's `arena_size`, filled with a poison pattern (0xFF bytes:
 NaN for floats, -1 for integers), and every device value is a view of it at the value's `offset`. Each
 (device, stream) runs its instructions in issue order; nothing else orders them but events (`plan.record` /
 `plan.wait`), collectives (every member at the head of its stream), and send/recv (a receive waits for its
