@@ -51,9 +51,17 @@ MODEL: dict[str, Any] = {"hidden": 768, "heads": 12, "seq": 1024, "batch": 8, "s
                          "causal": True, "loss": True, "microbatch": True}
 
 
-def pipeline(microbatches: int) -> list[tuple[str, dict[str, Any]]]:
-    """The passes the benchmark times, in order, with their options."""
-    return [("microbatch", {"count": microbatches}), ("sbp-infer", {}), ("insert-boxing", {}), ("spmd-partition", {}),
+def model(train: bool) -> dict[str, Any]:
+    """The generator's options: the forward with micro-batched tokens, or (train) a training step's weights marked
+    trainable; micro-batching a training step needs gradient accumulation, which is still to come."""
+    return {**MODEL, "microbatch": not train, "trainable": train}
+
+
+def pipeline(microbatches: int, train: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """The passes the benchmark times, in order, with their options (with `train`, first the training step: the
+    derived backward and an AdamW update)."""
+    return [*([("train-step", {"optimizer": "adamw", "lr": 1e-3})] if train else []),
+            ("microbatch", {"count": microbatches}), ("sbp-infer", {}), ("insert-boxing", {}), ("spmd-partition", {}),
             ("fuse", {}), ("schedule", {}), ("plan-memory", {})]
 
 
@@ -120,12 +128,13 @@ def _seconds(times: Times, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def compile_model(text: str, microbatches: int, repeat: int = 1) -> tuple[list[dict[str, Any]], ModuleOp]:
+def compile_model(text: str, microbatches: int, repeat: int = 1, train: bool = False
+                  ) -> tuple[list[dict[str, Any]], ModuleOp]:
     """Time every stage of the pipeline on one program; returns the stage records and the final module."""
     ctx = make_context()
     times, module = _timed(lambda _: parse_source(text, "gpt.fir", "fir"), lambda: None, repeat)
     stages: list[dict[str, Any]] = [{"stage": "parse+verify", **_seconds(times), **op_counts(module)}]
-    for name, options in pipeline(microbatches):
+    for name, options in pipeline(microbatches, train):
         label = name + ("{" + ",".join(f"{k}={v}" for k, v in options.items()) + "}" if options else "")
         record: dict[str, Any] = {"stage": label}
         stages.append(record)
@@ -160,15 +169,16 @@ def compile_model(text: str, microbatches: int, repeat: int = 1) -> tuple[list[d
     return stages, module
 
 
-def bench_model(layers: int, microbatches: int, repeat: int, profile: int, no_gc: bool) -> dict[str, Any]:
+def bench_model(layers: int, microbatches: int, repeat: int, profile: int, no_gc: bool,
+                train: bool = False) -> dict[str, Any]:
     """Generate and compile one model size; with `profile`, print its `profile` hottest functions to stderr."""
     if no_gc:
         gc.disable()
-    text = gpt_program(layers, **MODEL)
+    text = gpt_program(layers, **model(train))
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
-    stages, _ = compile_model(text, microbatches, repeat)
+    stages, _ = compile_model(text, microbatches, repeat, train)
     if profiler:
         profiler.disable()
         out = io.StringIO()
@@ -220,8 +230,15 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile the largest model with cProfile and print its N hottest functions to stderr")
     ap.add_argument("--no-gc", action="store_true", help="disable Python's cyclic garbage collector (to see its share)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "compile_bench.json"))
+    ap.add_argument("--train", action="store_true",
+                    help="compile the training step (train-step with AdamW first; no micro-batches)")
+    ap.add_argument("--out", default=None, help="the JSON result (default results/compile_bench.json, or "
+                                                "results/compile_bench_train.json with --train)")
     args = ap.parse_args()
+    if args.out is None:
+        name = "compile_bench_train.json" if args.train else "compile_bench.json"
+        args.out = os.path.join(os.path.dirname(__file__), "results", name)
+    micro = 1 if args.train else args.microbatches
 
     load_before = os.getloadavg()
     results = []
@@ -230,12 +247,13 @@ def main() -> None:
     for n in args.layers:
         profile = args.profile if n == max(args.layers) else 0
         with spawn.Pool(1) as pool:
-            r = pool.apply(bench_model, (n, args.microbatches, args.repeat, profile, args.no_gc))
+            r = pool.apply(bench_model, (n, micro, args.repeat, profile, args.no_gc, args.train))
         results.append(r)
         print(f"{n} layers: {r['total_seconds']:.2f} s ({r['total_cpu_seconds']:.2f} s CPU)", file=sys.stderr)
 
-    result = {"benchmark": "compile_pipeline", "model": {"generator": "bench/gpt_model.py", **MODEL},
-              "microbatches": args.microbatches, "repeat": args.repeat, "gc": not args.no_gc,
+    result = {"benchmark": "compile_pipeline" + ("_train" if args.train else ""),
+              "model": {"generator": "bench/gpt_model.py", **model(args.train)},
+              "microbatches": micro, "repeat": args.repeat, "gc": not args.no_gc,
               "profiled": bool(args.profile), "results": results,
               "machine": {**machine(), "load_average_before_after": [round(load_before[0], 2),
                                                                      round(os.getloadavg()[0], 2)]}}

@@ -107,3 +107,10 @@ def test_compile_model_times_every_stage() -> None:
     assert by_name["spmd-partition"]["device_functions"] == 2  # one program per stage of 2 devices
     assert by_name["spmd-partition"]["logical_ops"] == 0 and by_name["spmd-partition"]["device_ops"] > 0
     assert by_name["parse+verify"]["logical_ops"] > 0
+
+
+def test_compile_model_times_a_training_step() -> None:
+    stages, module = compile_model(gpt_program(2, **TINY, trainable=True), microbatches=1, train=True)
+    assert [s["stage"].split("{")[0] for s in stages[1:]] == [name for name, _ in pipeline(1, train=True)]
+    assert stages[1]["stage"].startswith("train-step") and all("skipped" not in s for s in stages), stages
+    assert stages[1]["logical_ops"] > 3 * stages[0]["logical_ops"]  # forward, backward and the update
