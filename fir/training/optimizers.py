@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, FunctionType, ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
-from xdsl.ir import BlockArgument, SSAValue
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from fir.dialects.base import from_tt
-from fir.dialects.sbp import MESH, SBP
+from fir.dialects.sbp import MESH, SBP, SBP_IN, BroadcastAttr, meshes_of
 from fir.syntax.diagnostics import FirError, loc_of
 from fir.training.autodiff import Builder, differentiate, dt_of, shape_of, trainable_args
 
@@ -59,6 +59,31 @@ class Optimizer:
                 raise FirError(f"train-step: {name} must be {bound}, got {value}")
 
 
+def _layout(func: FuncOp, index: int, meshes: dict) -> ArrayAttr | None:
+    """The parameter's nd-SBP as an attribute: its own `sbp`, else B on every axis of its mesh (None when the
+    function is not placed)."""
+    d = func.arg_attrs.data[index].data if func.arg_attrs is not None else {}
+    if SBP in d:
+        return d[SBP]  # type: ignore[return-value]
+    mesh = d.get(MESH) or func.attributes.get(MESH)
+    name = mesh.root_reference.data if mesh is not None else None  # type: ignore[attr-defined]
+    if name not in meshes:
+        return None
+    return ArrayAttr([BroadcastAttr()] * len(meshes[name].shape))
+
+
+def _hint(op_result: SSAValue, nd: ArrayAttr | None, operands_nd: bool = False) -> None:
+    """Ask sbp-infer to compute an update op in its parameter's layout (and, with `operands_nd`, to read its
+    operands so: the gradient is then reduced once, where it enters the update, not term by term)."""
+    op = op_result.owner
+    if nd is None or not isinstance(op, Operation):
+        return
+    op.attributes[SBP] = nd
+    if operands_nd:
+        op.attributes[SBP_IN] = ArrayAttr([nd if shape_of(v) else ArrayAttr([BroadcastAttr()] * len(nd.data))
+                                           for v in op.operands])
+
+
 def _state_attrs(func: FuncOp, index: int) -> DictionaryAttr:
     """A state argument's attributes: its parameter's placement (not `trainable`)."""
     if func.arg_attrs is None:
@@ -86,7 +111,7 @@ class _Step:
         return arg
 
 
-def make_train_step(func: FuncOp, opt: Optimizer) -> None:
+def make_train_step(func: FuncOp, opt: Optimizer, meshes: dict | None = None) -> None:
     """Turn a loss function with trainable arguments into one training step of `opt` (see the module docstring)."""
     block = func.body.blocks.first
     assert block is not None
@@ -116,27 +141,37 @@ def make_train_step(func: FuncOp, opt: Optimizer) -> None:
     for i, p, g in zip(params_idx, params, grads):
         name = p.name_hint or f"arg{i}"
         attrs = _state_attrs(func, i)
+        nd = _layout(func, i, meshes or {})
         b.mesh = attrs.data.get(MESH)
         dt = dt_of(p)
         g32 = b.cast(g, "f32")
         p32 = b.cast(p, "f32")
         if opt.kind == "sgd":
             d = g32 if not opt.weight_decay else b.add(g32, b.scale(p32, opt.weight_decay))
+            _hint(d, nd, operands_nd=True)
             if opt.momentum:
                 buf = step.state(f"{name}.momentum", p, attrs)
                 d = b.add(b.scale(buf, opt.momentum), d)
+                _hint(d, nd)
                 d.name_hint = f"{name}.momentum.next"
                 states.append(d)
-            new = b.sub(p32, b.scale(d, opt.lr))
+            scaled = b.scale(d, opt.lr)
+            _hint(scaled, nd, operands_nd=True)
+            new = b.sub(p32, scaled)
         else:
             m, v = step.state(f"{name}.m", p, attrs), step.state(f"{name}.v", p, attrs)
-            m_next = b.add(b.scale(m, opt.beta1), b.scale(g32, 1.0 - opt.beta1))
-            v_next = b.add(b.scale(v, opt.beta2), b.scale(b.mul(g32, g32), 1.0 - opt.beta2))
+            g_term = b.scale(g32, 1.0 - opt.beta1)
+            square = b.mul(g32, g32)
+            _hint(g_term, nd, operands_nd=True)
+            _hint(square, nd, operands_nd=True)
+            m_next = b.add(b.scale(m, opt.beta1), g_term)
+            v_next = b.add(b.scale(v, opt.beta2), b.scale(square, 1.0 - opt.beta2))
             m_next.name_hint, v_next.name_hint = f"{name}.m.next", f"{name}.v.next"
             states += [m_next, v_next]
             decayed = b.scale(p32, 1.0 - opt.lr * opt.weight_decay) if opt.weight_decay else p32
             denom = b.add(b.div(b.op("flow.sqrt", [v_next]), root_c2), b.fill(opt.eps, (), "f32"))
             new = b.sub(decayed, b.mul(step_size, b.div(m_next, denom)))
+        _hint(new, nd)
         new = b.cast(new, dt)
         new.name_hint = f"{name}.next"
         updated.append(new)
@@ -159,8 +194,9 @@ def make_train_steps(module: ModuleOp, opt: Optimizer) -> None:
     funcs = [op for op in module.ops if isinstance(op, FuncOp) and trainable_args(op)]
     if not funcs:
         raise FirError("train-step: no function has a trainable argument (mark the parameters `trainable = true`)")
+    meshes = meshes_of(module)
     for f in funcs:
-        make_train_step(f, opt)
+        make_train_step(f, opt, meshes)
 
 
 __all__ = ["OPTIMIZERS", "Optimizer", "make_train_step", "make_train_steps"]
