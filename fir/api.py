@@ -182,29 +182,15 @@ class Program:
         from fir.dialects import dtypes
         from fir.planning.plan_ir import is_plan
         from fir.runtime.inputs import arg_names, result_names
-        from fir.runtime.virtual_devices import check_devices, devices_needed
 
-        if backend not in BACKENDS:
-            raise FirError(f"unknown backend '{backend}' (choose {', '.join(BACKENDS)})")
         func = self.function(entry)
         if check and is_plan(func):
             raise FirError("--check needs the logical program: this function is already a plan", loc_of(func.location))
         name = func.sym_name.data
         try:
             args = self._bind(func, inputs, seed)
-            # both executors run each class's SPMD plan on every device of the class
-            planned = self.compile(name, microbatches, schedule, verify_each).module
-            n = devices or devices_needed(planned)
-            check_devices(planned, n)
-            if backend == "cuda":
-                from fir.runtime.cuda_backend import execute_plan_cuda
-
-                run = execute_plan_cuda(planned, name, args, n)
-            else:
-                from fir.runtime.plan_executor import execute_plan
-
-                run = execute_plan(planned, name, args, n, interleaving=interleave, seed=interleave_seed,
-                                   trace=trace)
+            execute, n = self._executor(name, devices, microbatches, schedule, backend, verify_each)
+            run = execute(args, interleave, interleave_seed, trace)
         except MemoryError:
             need = sum(dtypes.nbytes(a.type) for a in func.body.blocks.first.args)  # type: ignore[union-attr]
             raise FirError(f"out of memory running @{name} (its inputs alone take {need} bytes)",
@@ -220,6 +206,29 @@ class Program:
             want = run_function(self.module, func, args)
             result.checks = dict(zip(names, compare_all(run.outputs, want, types)))
         return result
+
+    def _executor(self, name: str, devices: int | None, microbatches: int | None, schedule: str | None,
+                  backend: str, verify_each: bool | None):
+        """(run, device count): the function compiled once, and what runs its plans on arguments (in order) with
+        an interleaving, a seed and a trace flag; both backends run each class's SPMD plan on every device."""
+        from fir.runtime.virtual_devices import check_devices, devices_needed
+
+        if backend not in BACKENDS:
+            raise FirError(f"unknown backend '{backend}' (choose {', '.join(BACKENDS)})")
+        planned = self.compile(name, microbatches, schedule, verify_each).module
+        n = devices or devices_needed(planned)
+        check_devices(planned, n)
+
+        def execute(args: list, interleave: str, interleave_seed: int, trace: bool):
+            if backend == "cuda":
+                from fir.runtime.cuda_backend import execute_plan_cuda
+
+                return execute_plan_cuda(planned, name, args, n)
+            from fir.runtime.plan_executor import execute_plan
+
+            return execute_plan(planned, name, args, n, interleaving=interleave, seed=interleave_seed, trace=trace)
+
+        return execute, n
 
     def train(self, steps: int, inputs: Mapping[str, np.ndarray] | str | None = None, *, seed: int | None = None,
               state: Mapping[str, np.ndarray] | str | None = None, batches: Mapping[str, np.ndarray] | str | None = None,
@@ -238,10 +247,7 @@ class Program:
         from fir.runtime.compare import compare_all
         from fir.runtime.inputs import arg_names, result_names
         from fir.runtime.interpreter import run_function
-        from fir.runtime.virtual_devices import check_devices, devices_needed
 
-        if backend not in BACKENDS:
-            raise FirError(f"unknown backend '{backend}' (choose {', '.join(BACKENDS)})")
         func = self.function(entry)
         name = func.sym_name.data
         training.state_names(func)  # a training step, or an error before compiling
@@ -254,22 +260,13 @@ class Program:
             data = dict(np.load(batches)) if isinstance(batches, str) else dict(batches)
             stacked = training.stacked_batches(data, func, f"batches '{batches}'" if isinstance(batches, str)
                                                else "the batches")
-        planned = self.compile(name, microbatches, schedule, verify_each).module
-        n = devices or devices_needed(planned)
-        check_devices(planned, n)
+        execute, _ = self._executor(name, devices, microbatches, schedule, backend, verify_each)
         names = result_names(func)
         types = [dtypes.dtype_name(t.element_type) for t in func.function_type.outputs.data]
 
         def step(args: dict[str, np.ndarray]):
             ordered = [args[a] for a in arg_names(func)]
-            if backend == "cuda":
-                from fir.runtime.cuda_backend import execute_plan_cuda
-
-                outs = execute_plan_cuda(planned, name, ordered, n).outputs
-            else:
-                from fir.runtime.plan_executor import execute_plan
-
-                outs = execute_plan(planned, name, ordered, n, interleaving=interleave, seed=interleave_seed).outputs
+            outs = execute(ordered, interleave, interleave_seed, False).outputs
             checks = None
             if check:
                 checks = dict(zip(names, compare_all(outs, run_function(self.module, func, ordered), types)))

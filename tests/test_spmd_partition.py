@@ -22,6 +22,7 @@ from fir.planning.hardware import load_hardware
 from fir.planning.plan_ir import is_plan
 from fir.planning.simulator import simulate
 from fir.runtime.plan_executor import execute_plan
+from fir.syntax.diagnostics import FirError
 from fir.syntax.frontend import make_context, parse_source, verify_module
 from fir.dialects.base import to_tt
 from fir.runtime.virtual_devices import run_partitioned
@@ -264,3 +265,23 @@ def test_position_takes_the_instruction_attributes_of_plans():
     from fir.dialects.sbp import PositionOp
 
     assert PositionOp.DISCARDABLE == frozenset(INSTR_ATTRS)
+
+
+BAD_POSITION = """sbp.mesh @a = [2]
+sbp.mesh @b = [2] {devices = [2, 3]}
+func.func @f.p0() -> (tensor<i32> {sbp = [B], mesh = @a}) attributes {devices = [0, 1], of = @f} {
+  %p = sbp.position {mesh = @b, axis = 0} : tensor<i32>
+  func.return %p
+}
+"""
+
+
+def test_a_position_on_a_mesh_without_the_device_is_a_located_error():
+    # each executor computes what the op is on the device through the same helper, and says so at the op
+    module = parse_source(BAD_POSITION, "bad.fir")
+    with pytest.raises(FirError, match="device 0: 'sbp.position' names a mesh that does not hold it") as e:
+        run_partitioned(module, "f", [], 4)
+    assert e.value.loc is not None and e.value.loc.line == 4
+    planned = _apply(module, ["schedule", "plan-memory"])
+    with pytest.raises(FirError, match="device 0: 'sbp.position' names a mesh that does not hold it"):
+        execute_plan(planned, "f", [], 4)

@@ -3,6 +3,8 @@ distributed (every step equal to the single-device reference under the adversari
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -210,3 +212,13 @@ def test_zero_sharded_parameters_and_state_are_an_sbp_choice():
         run = step.run(state, check=True, interleave="adversarial")
         assert not run.mismatches()
         state = _advance(state, run.outputs)
+
+
+def test_state_files_without_safetensors_are_a_clear_error_before_training(tmp_path, capsys, monkeypatch):
+    step = _step_file(tmp_path)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as on an install without the train extra
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    assert fir_run([step, "--steps", "2", "--save-state", str(tmp_path / "s.safetensors")]) == 1
+    out, err = capsys.readouterr()
+    assert "--save-state needs the safetensors package" in err and "pip install 'fir[train]'" in err
+    assert "step 1" not in out and not (tmp_path / "s.safetensors").exists()

@@ -161,10 +161,12 @@ def _simulate(prog, args: argparse.Namespace) -> int:
 def _train(prog, args: argparse.Namespace, name: str, text: str) -> int:
     """The training loop: run the step args.steps times, print each step's loss (and checks), save the state."""
     from fir import progress
-    from fir.runtime.training import state_writer
+    from fir.runtime.training import safetensors_numpy, state_writer
     from fir.syntax.diagnostics import FirError
     from fir.syntax.files import PendingFiles
 
+    if args.save_state:
+        safetensors_numpy("--save-state")  # before training, not after it
     lines: list[str] = []
     with progress.task("train", total=args.steps) as bar:
         def on_step(k: int, loss: float) -> None:

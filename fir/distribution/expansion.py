@@ -116,7 +116,8 @@ class Expander:
             elif op in self.folds:
                 self.fold(op)
             elif isinstance(op, PositionOp):  # in a plan: the coordinate, written where the position was
-                fill = OPS_BY_NAME["flow.fill"].make([], op.results[0].type, value=float(self.coordinate(op)))
+                value = float(coordinate(op, self.meshes, self.device))
+                fill = OPS_BY_NAME["flow.fill"].make([], op.results[0].type, value=value)
                 fill.results[0].name_hint = op.results[0].name_hint
                 self.values[op.results[0]] = self.add(fill, op).results[0]
             elif op.name == "flow.constant" and not self.planned and _only_sliced(op.results[0]):
@@ -166,7 +167,7 @@ class Expander:
 
     def fold(self, op: Operation) -> None:
         if isinstance(op, PositionOp):
-            self.known[op.results[0]] = self.coordinate(op)
+            self.known[op.results[0]] = coordinate(op, self.meshes, self.device)
             return
         # a rank-0 fill that something else reads too was written as it is; its value folds here as well
         args = [self.known[v] if v in self.known else v.owner.attr_values()["value"] for v in op.operands]
@@ -223,10 +224,6 @@ class Expander:
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
 
-    def coordinate(self, op: PositionOp) -> int:
-        """The device's coordinate that an sbp.position names."""
-        return coordinate(op, self.meshes, self.device)
-
     def piece_load(self, op: LoadOp) -> None:
         """A plan's load of the device's piece of an argument: the box of that piece."""
         start, limit = load_box(op, self.meshes, self.device)
@@ -235,16 +232,13 @@ class Expander:
         self.values[op.results[0]] = self.add(new, op).results[0]
 
     def send(self, op: SendOp) -> None:
-        vals = op.attr_values()
-        src, dst = self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
         x = self.operand(op.operands[0])
-        for target in targets(src, dst, self.device):
-            self.add(SendOp.make([x], to_device=target, id=vals["id"]), op)
+        for target in send_targets(op, self.meshes, self.device):
+            self.add(SendOp.make([x], to_device=target, id=op.attr_values()["id"]), op)
 
     def recv(self, op: RecvOp) -> None:
-        vals = op.attr_values()
-        src, dst = self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
-        new = RecvOp.make([], op.results[0].type, from_device=source(src, dst, self.device), id=vals["id"])
+        new = RecvOp.make([], op.results[0].type, from_device=recv_source(op, self.meshes, self.device),
+                          id=op.attr_values()["id"])
         new.results[0].name_hint = op.results[0].name_hint
         self.values[op.results[0]] = self.add(new, op).results[0]
 
@@ -285,9 +279,28 @@ def load_box(op: LoadOp, meshes: dict[str, Mesh], device: int) -> tuple[list[int
 
 
 def collective_group(op: CollectiveOp, meshes: dict[str, Mesh], device: int) -> tuple[int, ...]:
-    """The group of an SPMD program's collective on a device: the devices of its mesh that differ from this one
-    only along the axis it changes."""
+    """The group of a collective on a device: the `group` a per-device program names, or in an SPMD program the
+    devices of its mesh that differ from this one only along the axis it changes."""
+    if "group" in op.properties or "id" not in op.properties:  # per-device form (group_for says what is missing)
+        return op.group_for(device)
     return tuple(meshes[op.attr_values()["mesh"].name].group(device, op.transition()[0]))
+
+
+def send_targets(op: SendOp, meshes: dict[str, Mesh], device: int) -> list[int]:
+    """The devices a send reaches: the `to_device` a per-device program names, or in an SPMD program the devices
+    of `to_mesh` that `device` feeds (none, one or several)."""
+    vals = op.attr_values()
+    if "to_mesh" not in vals:
+        return [vals["to_device"]]
+    return targets(meshes[vals["mesh"].name], meshes[vals["to_mesh"].name], device)
+
+
+def recv_source(op: RecvOp, meshes: dict[str, Mesh], device: int) -> int:
+    """The device a receive takes from: its `from_device`, or in an SPMD program its source on `mesh`."""
+    vals = op.attr_values()
+    if "to_mesh" not in vals:
+        return vals["from_device"]
+    return source(meshes[vals["mesh"].name], meshes[vals["to_mesh"].name], device)
 
 
 def source(src: Mesh, dst: Mesh, device: int) -> int:

@@ -15,7 +15,7 @@ from fir.dialects.flow import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, CastOp, Flo
 from fir.dialects.plan import OFFSET, SCHEDULE, STREAM, STREAMS, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.dtypes import nbytes
 from fir.dialects.sbp import PositionOp
-from fir.distribution.placement import DEVICE, DEVICES, OF, int_value, program_devices, symbol_name
+from fir.distribution.placement import DEVICE, DEVICES, OF, program_devices, symbol_name
 
 
 def is_plan(func: FuncOp) -> bool:

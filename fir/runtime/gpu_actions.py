@@ -36,7 +36,7 @@ from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.plan import LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.sbp import PositionOp
-from fir.distribution.expansion import collective_group, is_local_slice, load_box, source, targets
+from fir.distribution.expansion import collective_group, is_local_slice, load_box, recv_source, send_targets
 from fir.distribution.layout import piece
 from fir.planning.plan_ir import event_of, instructions, stream_of
 from fir.runtime import collectives
@@ -230,7 +230,7 @@ class _Lowering:
             self.emit(DeviceToHost(key, _buf(op.operands[0], d), op.results[0]))
         elif isinstance(op, SendOp):
             vals = op.attr_values()
-            peers = targets(*self.mesh_pair(op), d) if "to_mesh" in vals else [vals["to_device"]]
+            peers = send_targets(op, self.meshes, d)
             ready = self.new_event()
             self.emit(Record(key, ready))
             for peer in peers:
@@ -245,16 +245,10 @@ class _Lowering:
             raise FirError(f"'{op.name}' cannot run on the GPU backend", loc_of(op.location))
         return True
 
-    def mesh_pair(self, op: SendOp | RecvOp) -> tuple[Mesh, Mesh]:
-        """The meshes an SPMD plan's send or receive names (from, to)."""
-        vals = op.attr_values()
-        return self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
-
     def receive(self, key: Stream, op: RecvOp) -> bool:
         d = key[0]
         vals = op.attr_values()
-        peer = source(*self.mesh_pair(op), d) if "to_mesh" in vals else vals["from_device"]
-        sk = (vals["id"], peer, d)
+        sk = (vals["id"], recv_source(op, self.meshes, d), d)
         if sk not in self.sent:
             return False
         send, ready = self.sent.pop(sk)
@@ -276,7 +270,7 @@ class _Lowering:
 
     def collective(self, key: Stream, op: CollectiveOp) -> bool:
         d = key[0]
-        group = self.group(op, d)
+        group = collective_group(op, self.meshes, d)
         ident = op.attr_values()["id"]
         members: list[CollectiveOp] = []
         for m in group:
@@ -294,9 +288,10 @@ class _Lowering:
         outs = [_buf(o.results[0], m) for o, m in zip(members, group)]
         # Members of another group with this id, or mismatched pieces, would copy out of bounds on the GPU.
         for o, m in zip(members, group):
-            if self.group(o, m) != group:
+            theirs = collective_group(o, self.meshes, m)
+            if theirs != group:
                 raise FirError(f"the members of collective id {ident} name different groups: device {d} "
-                               f"{list(group)}, device {m} {list(self.group(o, m))}", loc_of(o.location))
+                               f"{list(group)}, device {m} {list(theirs)}", loc_of(o.location))
         check_members(members, [(b.shape, dtypes.numpy_dtype(b.dtype)) for b in ins], group)
         self.transfer(leader, op, ins, outs)
         done = self.new_event()
@@ -307,10 +302,6 @@ class _Lowering:
             if m != d:  # the caller pops this member's own head
                 self.queues[(m, "comm")].popleft()
         return True
-
-    def group(self, op: CollectiveOp, device: int) -> tuple[int, ...]:
-        """The collective's group on a device: named in a per-device plan, from the mesh in an SPMD plan."""
-        return op.group_for(device) if "group" in op.properties else collective_group(op, self.meshes, device)
 
     def scratch(self, like: Buf) -> Buf:
         self.out.scratch.append(like.nbytes())

@@ -28,6 +28,7 @@ cross-device order included.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -47,15 +48,15 @@ from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.plan import ARENA_SIZE, MICRO, OFFSET, LoadOp, RecordOp, StoreOp, WaitOp
 from fir.dialects.sbp import PositionOp, meshes_of
-from fir.distribution.expansion import (collective_group, coordinate, is_local_slice, load_box, slice_box, source,
-                                        targets)
+from fir.distribution.expansion import (collective_group, coordinate, is_local_slice, load_box, recv_source,
+                                        send_targets, slice_box)
 from fir.distribution.sbp import Mesh
 from fir.distribution.placement import int_value
 from fir.planning.plan_ir import entry_plans, event_of, instructions, overwritable_operands, stream_of, verify_plan
 from fir.runtime.interpreter import evaluate_op
 from fir.runtime.reference import KernelError
-from fir.runtime.virtual_devices import (check_programs, complete_collective, devices_needed,
-                                         gather_results, scatter_inputs)
+from fir.runtime.virtual_devices import (check_programs, complete_collective, devices_needed, gather_results,
+                                         on_device, scatter_inputs)
 from fir.planning.trace import TraceEvent
 
 INTERLEAVINGS: tuple[str, ...] = ("in-order", "random", "adversarial")
@@ -198,32 +199,19 @@ class _Device:
         """Set what the instruction meets on other devices (its key, a send's messages), and an SPMD op's local
         constant."""
         op = ins.op
-        try:
-            if isinstance(op, PositionOp):
-                ins.local = coordinate(op, self.meshes, self.id)
-            elif isinstance(op, LoadOp) and "mesh" in op.properties:
-                ins.local = load_box(op, self.meshes, self.id)
-            elif is_local_slice(op):
-                ins.local = slice_box(op, self.meshes, self.id)  # type: ignore[arg-type]
-            elif isinstance(op, CollectiveOp):
-                group = op.group_for(self.id) if "group" in op.properties else \
-                    collective_group(op, self.meshes, self.id)
-                ins.key = ("collective", op.attr_values()["id"], group)
-            elif isinstance(op, SendOp):
-                vals = op.attr_values()
-                peers = targets(*self._meshes(op), self.id) if "to_mesh" in vals else [vals["to_device"]]
-                ins.sends = [("p2p", vals["id"], self.id, t) for t in peers]
-            elif isinstance(op, RecvOp):
-                vals = op.attr_values()
-                peer = source(*self._meshes(op), self.id) if "to_mesh" in vals else vals["from_device"]
-                ins.key = ("p2p", vals["id"], peer, self.id)
-        except (KeyError, ValueError):  # a mesh it names is missing or does not hold the device
-            raise FirError(f"device {self.id}: '{op.name}' names a mesh that does not hold it",
-                           loc_of(op.location)) from None
-
-    def _meshes(self, op: SendOp | RecvOp) -> tuple[Mesh, Mesh]:
-        vals = op.attr_values()
-        return self.meshes[vals["mesh"].name], self.meshes[vals["to_mesh"].name]
+        mine = functools.partial(on_device, op=op, meshes=self.meshes, device=self.id)
+        if isinstance(op, PositionOp):
+            ins.local = mine(coordinate)
+        elif isinstance(op, LoadOp) and "mesh" in op.properties:
+            ins.local = mine(load_box)
+        elif is_local_slice(op):
+            ins.local = mine(slice_box)
+        elif isinstance(op, CollectiveOp):
+            ins.key = ("collective", op.attr_values()["id"], mine(collective_group))
+        elif isinstance(op, SendOp):
+            ins.sends = [("p2p", op.attr_values()["id"], self.id, t) for t in mine(send_targets)]
+        elif isinstance(op, RecvOp):
+            ins.key = ("p2p", op.attr_values()["id"], mine(recv_source), self.id)
 
     def _slot(self, op: Operation, v: SSAValue) -> _Slot:
         shape, dtype = _shape_dtype(v)

@@ -49,12 +49,18 @@ def state_names(func: FuncOp) -> list[str]:
     return names
 
 
+def safetensors_numpy(flag: str):
+    """safetensors' numpy module, or a FirError saying how to install it (an optional extra)."""
+    try:
+        import safetensors.numpy
+    except ImportError as e:
+        raise FirError(f"{flag} needs the safetensors package ({e}): pip install 'fir[train]'") from None
+    return safetensors.numpy
+
+
 def load_state(path: str, func: FuncOp) -> dict[str, np.ndarray]:
     """Training state from a safetensors file, checked against the step's arguments."""
-    try:
-        from safetensors.numpy import load_file
-    except ImportError as e:
-        raise FirError(f"--state needs the safetensors package ({e}): pip install 'fir[train]'") from None
+    load_file = safetensors_numpy("--state").load_file
     try:
         data = load_file(path)
     except FileNotFoundError:
@@ -62,7 +68,7 @@ def load_state(path: str, func: FuncOp) -> dict[str, np.ndarray]:
     except Exception as e:  # safetensors raises its own error types for a malformed file
         raise FirError(f"cannot read state '{path}': not a valid safetensors file ({e})") from None
     names = state_names(func)
-    types = dict(zip(arg_names(func), (to_tt(a.type) for a in func.body.blocks.first.args)))  # type: ignore
+    types = _arg_types(func)
     for k, v in data.items():
         if k not in names:
             raise FirError(f"state '{path}' holds '{k}', which is not a training-state argument of "
@@ -73,10 +79,14 @@ def load_state(path: str, func: FuncOp) -> dict[str, np.ndarray]:
     return data
 
 
+def _arg_types(func: FuncOp) -> dict[str, tuple[tuple[int, ...], str]]:
+    """(shape, dtype) of each argument, by name."""
+    return dict(zip(arg_names(func), (to_tt(a.type) for a in func.body.blocks.first.args)))  # type: ignore
+
+
 def state_writer(state: dict[str, np.ndarray]) -> Callable:
     """What writes the training state as safetensors."""
-    from safetensors.numpy import save
-
+    save = safetensors_numpy("--save-state").save
     return lambda f: f.write(save({k: np.array(v, order="C") for k, v in state.items()}))  # keeps rank 0
 
 
@@ -84,9 +94,10 @@ def initial_inputs(func: FuncOp, inputs: dict[str, np.ndarray], state: dict[str,
                    ) -> dict[str, np.ndarray]:
     """Step 0's arguments: the given state over the random (or given) inputs, optimizer state zero unless given."""
     out = dict(inputs)
+    names = state_names(func)
     attrs = func.arg_attrs.data if func.arg_attrs is not None else [None] * len(out)
     for name, a in zip(arg_names(func), attrs):
-        if name in state_names(func) and not (a is not None and TRAINABLE in a.data) and name not in (state or {}):
+        if name in names and not (a is not None and TRAINABLE in a.data) and name not in (state or {}):
             out[name] = np.zeros_like(out[name])
     out.update(state or {})
     return out
@@ -95,7 +106,7 @@ def initial_inputs(func: FuncOp, inputs: dict[str, np.ndarray], state: dict[str,
 def stacked_batches(data: dict[str, np.ndarray], func: FuncOp, where: str) -> list[dict[str, np.ndarray]]:
     """The batches of an .npz of stacked batch arguments (each [K, ...]), one dict per batch."""
     names = state_names(func)
-    types = dict(zip(arg_names(func), (to_tt(a.type) for a in func.body.blocks.first.args)))  # type: ignore
+    types = _arg_types(func)
     counts = set()
     for k, v in data.items():
         if k not in types or k in names:
@@ -135,4 +146,4 @@ def train(step_fn: Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray]
     return run
 
 
-__all__ = ["TrainRun", "state_names", "load_state", "state_writer", "initial_inputs", "stacked_batches", "train"]
+__all__ = ["TrainRun", "safetensors_numpy", "state_names", "load_state", "state_writer", "initial_inputs", "stacked_batches", "train"]

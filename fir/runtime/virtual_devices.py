@@ -14,14 +14,14 @@ to the devices by their SBP and the results gathered back (fir.distribution.layo
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
-from xdsl.ir import SSAValue
+from xdsl.ir import Operation, SSAValue
 
 from fir.dialects import dtypes
 from fir.distribution import layout
@@ -30,7 +30,8 @@ from fir.dialects.base import to_tt
 from fir.dialects.comm import CollectiveOp, RecvOp, SendOp
 from fir.dialects.flow import FlowOp
 from fir.dialects.sbp import MeshOp, PositionOp, meshes_of
-from fir.distribution.expansion import source, targets
+from fir.distribution.expansion import (collective_group, coordinate, is_local_slice, recv_source, send_targets,
+                                        slice_box)
 from fir.distribution.placement import (ARGS, DEVICE, OF, RESULTS, arg_attrs, lookup_mesh, program_devices, res_attrs,
                                         symbol_name, value_mesh, value_sbp)
 from fir.runtime import collectives
@@ -116,39 +117,21 @@ def _run(dev: VirtualDevice, args: list[np.ndarray], meshes: dict[str, Mesh]) ->
             except KernelError as e:
                 raise FirError(f"device {dev.id}: {e}", loc_of(op.location)) from None
         elif isinstance(op, PositionOp):
-            vals = op.attr_values()
-            coord = _mesh(meshes, vals["mesh"].name, dev.id, op).coord(dev.id)[vals["axis"]]
+            coord = on_device(coordinate, op, meshes, dev.id)
             out = np.array(coord, dtype=dtypes.numpy_dtype(to_tt(op.results[0].type)[1]))
-        elif isinstance(op, CollectiveOp) and "group" not in op.properties and "id" in op.properties:
-            # an SPMD program's collective: the group follows from the mesh and the axis it changes
-            vals = op.attr_values()
-            mesh = _mesh(meshes, vals["mesh"].name, dev.id, op)
-            axis, _, dst = op.transition()
-            if op.KIND == "slice":  # B -> S: the device keeps its piece, no data moves
-                out = collectives.local_slice(ins[0], dst.axis, mesh.shape[axis], mesh.coord(dev.id)[axis])
-            else:
-                out = yield _Collective(op, (vals["id"], tuple(mesh.group(dev.id, axis)))), ins[0]
+        elif is_local_slice(op):  # B -> S: the device keeps its piece, no data moves
+            start, limit = on_device(slice_box, op, meshes, dev.id)
+            out = np.array(ins[0][tuple(slice(a, b) for a, b in zip(start, limit))])
         elif isinstance(op, CollectiveOp):
-            vals = op.attr_values()
-            group = op.group_for(dev.id)
-            out = yield _Collective(op, (vals["id"], group)), ins[0]
+            group = on_device(collective_group, op, meshes, dev.id)
+            out = yield _Collective(op, (op.attr_values()["id"], group)), ins[0]
         elif isinstance(op, SendOp):
-            vals = op.attr_values()
-            if "to_mesh" in vals:
-                src, dst = _mesh(meshes, vals["mesh"].name, dev.id, op), _mesh(meshes, vals["to_mesh"].name, None, op)
-                for t in targets(src, dst, dev.id):
-                    yield _Send(op, (vals["id"], dev.id, t)), ins[0]
-            else:
-                yield _Send(op, (vals["id"], dev.id, vals["to_device"])), ins[0]
+            for t in on_device(send_targets, op, meshes, dev.id):
+                yield _Send(op, (op.attr_values()["id"], dev.id, t)), ins[0]
             continue
         elif isinstance(op, RecvOp):
-            vals = op.attr_values()
-            if "to_mesh" in vals:
-                src, dst = _mesh(meshes, vals["mesh"].name, None, op), _mesh(meshes, vals["to_mesh"].name, dev.id, op)
-                peer = source(src, dst, dev.id)
-            else:
-                peer = vals["from_device"]
-            out = yield _Recv(op, (vals["id"], peer, dev.id)), None
+            peer = on_device(recv_source, op, meshes, dev.id)
+            out = yield _Recv(op, (op.attr_values()["id"], peer, dev.id)), None
         else:
             raise FirError(f"'{op.name}' cannot run on a virtual device", loc_of(op.location))
         want = to_tt(op.results[0].type)
@@ -159,12 +142,14 @@ def _run(dev: VirtualDevice, args: list[np.ndarray], meshes: dict[str, Mesh]) ->
     raise AssertionError("a function ends with func.return")
 
 
-def _mesh(meshes: dict[str, Mesh], name: str, device: int | None, op: Any) -> Mesh:
-    """A mesh an SPMD program's op names, holding `device` when one is given (FirError otherwise)."""
-    mesh = meshes.get(name)
-    if mesh is None or (device is not None and device not in mesh):
-        raise FirError(f"device {device}: '{op.name}' names mesh @{name}, which does not hold it", loc_of(op.location))
-    return mesh
+def on_device(fn: Callable[[Any, dict[str, Mesh], int], Any], op: Operation, meshes: dict[str, Mesh],
+               device: int) -> Any:
+    """What an op is on one device (its coordinate, piece, group or peers: fir.distribution.expansion), or a
+    FirError when a mesh it names is missing or does not hold the device."""
+    try:
+        return fn(op, meshes, device)
+    except (KeyError, ValueError):
+        raise FirError(f"device {device}: '{op.name}' names a mesh that does not hold it", loc_of(op.location)) from None
 
 
 def complete_collective(ops: Sequence[CollectiveOp], arrays: list[np.ndarray],

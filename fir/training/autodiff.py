@@ -288,17 +288,12 @@ def _matmul(b, op, g, want):
     if want[0]:
         da = (b.op("flow.matmul", [y, g], transpose_a=tb, transpose_b=True) if ta else
               b.op("flow.matmul", [g, y], transpose_b=not tb))
-        out[0] = _unbroadcast_batch(b, da, shape_of(x))
+        out[0] = b.unbroadcast(da, shape_of(x))  # summed over the batch axes broadcasting gave it
     if want[1]:
         db = (b.op("flow.matmul", [g, x], transpose_a=True, transpose_b=ta) if tb else
               b.op("flow.matmul", [x, g], transpose_a=not ta))
-        out[1] = _unbroadcast_batch(b, db, shape_of(y))
+        out[1] = b.unbroadcast(db, shape_of(y))
     return out
-
-
-def _unbroadcast_batch(b: Builder, d: SSAValue, shape: Shape) -> SSAValue:
-    """A matmul operand's cotangent summed over the batch axes that broadcasting gave it."""
-    return b.unbroadcast(d, shape)
 
 
 def _kept(shape: Shape, axes: Sequence[int]) -> Shape:

@@ -92,17 +92,15 @@ def _state_attrs(func: FuncOp, index: int) -> DictionaryAttr:
     return DictionaryAttr({k: v for k, v in d.data.items() if k in (MESH, SBP)})
 
 
-class _Step:
-    """Adds state arguments and result values to one function."""
+class _State:
+    """The optimizer-state arguments added to one function, with their attributes."""
 
-    def __init__(self, func: FuncOp, b: Builder):
-        self.func = func
+    def __init__(self, func: FuncOp):
         self.block = func.body.blocks.first
-        self.b = b
         self.arg_attrs = list(func.arg_attrs.data) if func.arg_attrs is not None else \
             [DictionaryAttr({}) for _ in self.block.args]  # type: ignore[union-attr]
 
-    def state(self, name: str, like: SSAValue, attrs: DictionaryAttr, shape=None) -> BlockArgument:
+    def add(self, name: str, like: SSAValue, attrs: DictionaryAttr, shape=None) -> BlockArgument:
         """A new f32 state argument shaped like `like` (or `shape`)."""
         t = (tuple(shape_of(like)) if shape is None else shape, "f32")
         arg = self.block.insert_arg(from_tt(t), len(self.block.args))  # type: ignore[union-attr]
@@ -126,12 +124,12 @@ def make_train_step(func: FuncOp, opt: Optimizer, meshes: dict | None = None) ->
     assert isinstance(ret, ReturnOp)
     kept, grads = list(ret.operands[:n_results]), list(ret.operands[n_results:])
     b = Builder(ret)
-    step = _Step(func, b)
+    state = _State(func)
     updated: list[SSAValue] = []
     states: list[SSAValue] = []
     counter = None
     if opt.kind == "adamw":  # the step number and the bias corrections, once for every parameter
-        counter = step.state("step", params[0], DictionaryAttr({}), ())
+        counter = state.add("step", params[0], DictionaryAttr({}), ())
         t = b.add(counter, b.fill(1.0, (), "f32"))
         t.name_hint = "step.next"
         one = b.fill(1.0, (), "f32")
@@ -147,19 +145,21 @@ def make_train_step(func: FuncOp, opt: Optimizer, meshes: dict | None = None) ->
         g32 = b.cast(g, "f32")
         p32 = b.cast(p, "f32")
         if opt.kind == "sgd":
-            d = g32 if not opt.weight_decay else b.add(g32, b.scale(p32, opt.weight_decay))
-            _hint(d, nd, operands_nd=True)
+            d = g32
+            if opt.weight_decay:
+                d = b.add(g32, b.scale(p32, opt.weight_decay))
+                _hint(d, nd, operands_nd=True)
             if opt.momentum:
-                buf = step.state(f"{name}.momentum", p, attrs)
+                buf = state.add(f"{name}.momentum", p, attrs)
                 d = b.add(b.scale(buf, opt.momentum), d)
-                _hint(d, nd)
+                _hint(d, nd, operands_nd=True)
                 d.name_hint = f"{name}.momentum.next"
                 states.append(d)
             scaled = b.scale(d, opt.lr)
             _hint(scaled, nd, operands_nd=True)
             new = b.sub(p32, scaled)
         else:
-            m, v = step.state(f"{name}.m", p, attrs), step.state(f"{name}.v", p, attrs)
+            m, v = state.add(f"{name}.m", p, attrs), state.add(f"{name}.v", p, attrs)
             g_term = b.scale(g32, 1.0 - opt.beta1)
             square = b.mul(g32, g32)
             _hint(g_term, nd, operands_nd=True)
@@ -182,7 +182,7 @@ def make_train_step(func: FuncOp, opt: Optimizer, meshes: dict | None = None) ->
     block.insert_op_before(ReturnOp(*results), ret)
     block.erase_op(ret)
     func.function_type = FunctionType.from_lists([a.type for a in block.args], [r.type for r in results])
-    func.arg_attrs = ArrayAttr(step.arg_attrs)
+    func.arg_attrs = ArrayAttr(state.arg_attrs)
     if func.res_attrs is not None:
         res = list(func.res_attrs.data[:n_results])
         func.res_attrs = ArrayAttr(res + [DictionaryAttr({}) for _ in results[n_results:]])
